@@ -1,0 +1,94 @@
+"""Transactions: each processed once (also after re-opening the store), bad events skipped."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from visio_matrix.appservice.events import RoomEvent, Transaction, parse_transaction_body
+from visio_matrix.appservice.transactions import TransactionProcessor
+from visio_matrix.clock import FakeClock
+from visio_matrix.metrics import Metrics
+from visio_matrix.storage import Store, open_store
+
+
+class RecordingSink:
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.seen: list[str] = []
+        self.ephemeral: list[Transaction] = []
+        self.fail_on = fail_on
+
+    async def on_room_event(self, event: RoomEvent) -> None:
+        if event.event_id == self.fail_on:
+            raise RuntimeError("handler crashed")
+        self.seen.append(event.event_id)
+
+    async def on_ephemeral(self, txn: Transaction) -> None:
+        self.ephemeral.append(txn)
+
+
+def ev(n: int) -> dict[str, object]:
+    return {
+        "event_id": f"$e{n}",
+        "room_id": "!r:hs",
+        "sender": "@a:hs",
+        "type": "m.room.message",
+        "content": {"body": str(n)},
+        "origin_server_ts": n,
+    }
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    yield s
+    await s.close()
+
+
+def processor(store: Store, sink: RecordingSink) -> TransactionProcessor:
+    return TransactionProcessor(store, sink, FakeClock(), Metrics(), "@visio:hs")
+
+
+async def test_duplicate_transaction_takes_effect_once(store: Store) -> None:
+    sink = RecordingSink()
+    proc = processor(store, sink)
+    txn = parse_transaction_body({"events": [ev(1), ev(2)]})
+    await proc.on_transaction("t1", txn)
+    await proc.on_transaction("t1", txn)
+    assert sink.seen == ["$e1", "$e2"]
+
+
+async def test_duplicate_transaction_after_reopen(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    txn = parse_transaction_body({"events": [ev(1)]})
+    first = await open_store(url)
+    sink1 = RecordingSink()
+    await processor(first, sink1).on_transaction("t1", txn)
+    await first.close()
+    second = await open_store(url)
+    sink2 = RecordingSink()
+    await processor(second, sink2).on_transaction("t1", txn)
+    # A new transaction repeating an already-handled event is not handled twice either.
+    await processor(second, sink2).on_transaction("t2", parse_transaction_body({"events": [ev(1), ev(3)]}))
+    await second.close()
+    assert sink1.seen == ["$e1"]
+    assert sink2.seen == ["$e3"]
+
+
+async def test_bad_and_failing_events_do_not_stop_the_others(store: Store) -> None:
+    sink = RecordingSink(fail_on="$e2")
+    proc = processor(store, sink)
+    txn = parse_transaction_body({"events": [ev(1), "garbage", {"type": "x"}, ev(2), {**ev(4), "content": 1}, ev(3)]})
+    await proc.on_transaction("t1", txn)
+    assert sink.seen == ["$e1", "$e3"]
+    assert await store.is_transaction_done("t1")
+
+
+async def test_ephemeral_data_is_passed_on(store: Store) -> None:
+    sink = RecordingSink()
+    txn = parse_transaction_body({"events": [], "de.sorunome.msc2409.to_device": [{"type": "m.dummy"}]})
+    await processor(store, sink).on_transaction("t9", txn)
+    assert len(sink.ephemeral) == 1
+    assert sink.ephemeral[0].to_device == ({"type": "m.dummy"},)

@@ -1,0 +1,201 @@
+"""The composition root: builds every component of one service instance, starts and stops them.
+
+Start order: store -> bot device (keys, first /sync) -> room bot -> HTTP listener -> appservice
+ping. Stop order is the reverse. Nothing else in the package builds components or holds globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from visio_matrix.appservice.homeserver import HomeserverClient, MatrixError
+from visio_matrix.appservice.http import build_routes, matrix_errors_middleware
+from visio_matrix.appservice.transactions import TransactionProcessor
+from visio_matrix.calls.room_bot import RoomBot
+from visio_matrix.clock import Clock, SystemClock
+from visio_matrix.config import Config
+from visio_matrix.crypto.bot_device import BotDevice
+from visio_matrix.metrics import Metrics
+from visio_matrix.storage import Store, StoreError, open_store, sqlite_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PingResult:
+    ok: bool
+    detail: str
+    duration_ms: float | None = None
+
+
+class Service:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self._store: Store | None = None
+        self._homeserver: HomeserverClient | None = None
+        self._device: BotDevice | None = None
+        self._bot: RoomBot | None = None
+        self._runner: web.AppRunner | None = None
+        self.ping_result: PingResult | None = None
+        self.bot_user_id = config.appservice.bot_user_id(config.homeserver.server_name)
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "service not started"
+        return self._store
+
+    @property
+    def device(self) -> BotDevice:
+        assert self._device is not None, "service not started"
+        return self._device
+
+    @property
+    def bot(self) -> RoomBot:
+        assert self._bot is not None, "service not started"
+        return self._bot
+
+    async def start(self) -> None:
+        started = time.monotonic()
+        cfg = self.config
+        try:
+            db = cfg.database
+            self._store = await open_store(sqlite_url(db.sqlite_path) if db.sqlite_path else db.url)
+            self._homeserver = HomeserverClient(
+                cfg.homeserver.url, cfg.appservice.as_token, cfg.appservice.id
+            )
+            self._device = BotDevice(
+                homeserver=self._homeserver,
+                as_token=cfg.appservice.as_token,
+                user_id=self.bot_user_id,
+                store_dir=cfg.crypto.store_path,
+                pickle_key=cfg.crypto.pickle_key,
+                state=self._store,
+                metrics=self.metrics,
+            )
+            await self._device.start()
+            await self._set_display_name()
+            self._bot = RoomBot(self._device, self._store, cfg.policy, self.clock, self.metrics)
+            await self._bot.start()
+            processor = TransactionProcessor(
+                self._store, self._bot, self.clock, self.metrics, self.bot_user_id
+            )
+
+            app = web.Application(middlewares=[matrix_errors_middleware])
+            app.add_routes(build_routes(processor, cfg.appservice.hs_token))
+            app.add_routes(
+                [web.get("/health/live", self._live), web.get("/health/ready", self._ready)]
+                + ([web.get("/metrics", self._metrics_route)] if cfg.metrics.enabled else [])
+            )
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, cfg.appservice.host, cfg.appservice.port).start()
+            log.info("appservice listening on http://%s:%d", cfg.appservice.host, cfg.appservice.port)
+            self.ping_result = await self._ping()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("visio-matrix started in %.2fs as %s", time.monotonic() - started, self.bot_user_id)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._bot is not None:
+            await self._bot.stop()
+            self._bot = None
+        if self._device is not None:
+            await self._device.stop()
+            self._device = None
+        if self._homeserver is not None:
+            await self._homeserver.close()
+            self._homeserver = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def _set_display_name(self) -> None:
+        assert self._homeserver is not None
+        try:
+            await self._homeserver.request(
+                "PUT",
+                f"/_matrix/client/v3/profile/{self.bot_user_id}/displayname",
+                {"displayname": self.config.appservice.bot_displayname},
+                user_id=self.bot_user_id,
+            )
+        except MatrixError as exc:
+            log.warning("could not set the bot's display name: %s", exc)
+
+    async def _ping(self) -> PingResult:
+        assert self._homeserver is not None
+        txn = f"visio-startup-{uuid.uuid4().hex[:8]}"
+        try:
+            duration = await self._homeserver.ping(txn)
+        except MatrixError as exc:
+            log.error(
+                "appservice ping FAILED: the homeserver could not reach us at %s (%s). Check appservice.public_url "
+                "and that the registration file is loaded by the homeserver.",
+                self.config.appservice.public_url,
+                exc,
+            )
+            return PingResult(False, str(exc))
+        except OSError as exc:
+            log.error(
+                "appservice ping FAILED: homeserver %s unreachable (%s)", self.config.homeserver.url, exc
+            )
+            return PingResult(False, str(exc))
+        log.info("appservice ping OK: homeserver <-> service round trip %.0f ms", duration)
+        return PingResult(True, "ok", duration)
+
+    # ---- health and metrics -----------------------------------------------------------------
+
+    async def _live(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "live"})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        checks: dict[str, str] = {}
+        try:
+            await self.store.ping()
+            checks["database"] = "ok"
+        except StoreError as exc:
+            checks["database"] = f"error: {exc}"
+        try:
+            assert self._homeserver is not None
+            await asyncio.wait_for(self._homeserver.versions(), 5)
+            checks["homeserver"] = "ok"
+        except (MatrixError, OSError, TimeoutError) as exc:
+            checks["homeserver"] = f"error: {exc or type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return web.json_response(
+            {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
+        )
+
+    async def _metrics_route(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+async def run_service(config: Config) -> int:
+    """Runs until SIGINT/SIGTERM, then stops every component. Returns the process exit code."""
+    service = Service(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+    except (StoreError, MatrixError, OSError) as exc:
+        log.error("could not start: %s", exc)
+        return 1
+    await stop.wait()
+    log.info("stopping")
+    await service.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,43 @@
+"""Parsing of ``!visio`` chat commands (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "!visio"
+KNOWN = ("help", "start", "status", "stop")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # one of KNOWN, or "unknown"
+    args: tuple[str, ...] = ()
+    raw_name: str = ""
+
+
+def parse_command(body: object) -> Command | None:
+    """``None`` when the message is not addressed to the bot at all.
+
+    ``!visio`` alone means help; an unknown subcommand gives ``Command("unknown")`` so the bot can
+    answer it instead of staying silent.
+    """
+    if not isinstance(body, str):
+        return None
+    words = body.strip().split()
+    if not words or words[0].lower() != PREFIX:
+        return None
+    if len(words) == 1:
+        return Command("help")
+    name = words[1].lower()
+    if name not in KNOWN:
+        return Command("unknown", tuple(words[2:]), raw_name=words[1])
+    return Command(name, tuple(words[2:]), raw_name=words[1])
+
+
+HELP_TEXT = (
+    "Visio commands:\n"
+    "  !visio start   start a call in this room\n"
+    "  !visio status  show the call of this room\n"
+    "  !visio stop    end the call of this room\n"
+    "  !visio help    this text"
+)

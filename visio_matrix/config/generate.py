@@ -1,0 +1,128 @@
+"""A fresh, commented configuration file with new random secrets (``visio-matrix generate-config``)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+_DEFAULTS: dict[str, object] = {
+    "server_name": "example.org",
+    "homeserver_url": "https://matrix.example.org",
+    "appservice_id": "visio-matrix",
+    "host": "127.0.0.1",
+    "port": 29380,
+    "public_url": None,
+    "bot_localpart": "visio",
+    "user_prefix": "_visio_",
+    "bot_displayname": "Visio",
+    "database_url": "sqlite:///visio.db",
+    "crypto_store_path": "crypto",
+    "relay_bind_address": "127.0.0.1",
+    "relay_public_addresses": None,
+    "udp_port_min": 40000,
+    "udp_port_max": 40999,
+    "allowed_servers": None,
+    "start_power_level": 0,
+    "stop_power_level": 50,
+    "log_level": "INFO",
+    "log_format": "text",
+    "metrics_enabled": True,
+}
+
+OVERRIDES = tuple(_DEFAULTS)
+
+
+def _scalar(value: object) -> str:
+    # JSON scalars and flow lists are valid YAML, and json.dumps quotes strings safely.
+    return json.dumps(value)
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def generate_config_text(**overrides: object) -> str:
+    """A complete configuration (valid as is) with fresh secrets; keyword names are in ``OVERRIDES``.
+
+    ``None`` for an override means "keep the default".
+    """
+    unknown = sorted(set(overrides) - set(_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown override(s): {', '.join(unknown)}; expected some of {', '.join(OVERRIDES)}")
+    v = dict(_DEFAULTS)
+    v.update({k: val for k, val in overrides.items() if val is not None})
+    for key in ("relay_public_addresses", "allowed_servers"):
+        if isinstance(v[key], str):
+            v[key] = [v[key]]
+
+    def line(key: str, yaml_key: str, comment_default: str) -> str:
+        """An active ``yaml_key: value`` when overridden, else a commented-out line showing the default."""
+        if v[key] is None:
+            return f"  # {yaml_key}: {comment_default}"
+        return f"  {yaml_key}: {_scalar(v[key])}"
+
+    s = {k: _scalar(val) for k, val in v.items()}
+    return f"""\
+# visio-matrix configuration. Every key is described in docs/configuration.md.
+# This file holds secrets: keep it private (mode 0600).
+
+homeserver:
+  # Where the service reaches the homeserver's client-server API.
+  url: {s["homeserver_url"]}
+  # The server name in user IDs (@user:server_name); may include a port.
+  server_name: {s["server_name"]}
+
+appservice:
+  # The registration's id (also in the homeserver's ping URL).
+  id: {s["appservice_id"]}
+  # The address and port the appservice HTTP listener binds to.
+  host: {s["host"]}
+  port: {s["port"]}
+  # The URL the homeserver uses to reach this listener (default: http://host:port).
+{line("public_url", "public_url", _scalar(f"http://{v['host']}:{v['port']}"))}
+  # Tokens shared with the homeserver through the registration file (at least 16 characters).
+  # Use as_token_file / hs_token_file instead to read them from files.
+  as_token: {_scalar(new_secret())}
+  hs_token: {_scalar(new_secret())}
+  # The bot's user ID is @bot_localpart:server_name; virtual users are @user_prefix...:server_name.
+  bot_localpart: {s["bot_localpart"]}
+  user_prefix: {s["user_prefix"]}
+  bot_displayname: {s["bot_displayname"]}
+
+database:
+  # sqlite:///relative/to/this/file.db, sqlite:////absolute/path.db,
+  # or postgresql://user:password@host:5432/database for production.
+  url: {s["database_url"]}
+
+crypto:
+  # Folder for the bot's end-to-end encryption keys (relative to this file). Back it up.
+  store_path: {s["crypto_store_path"]}
+  # Encrypts the stored Olm/Megolm keys. Losing it loses the bot's identity. Or: pickle_key_file.
+  pickle_key: {_scalar(new_secret())}
+
+relay:
+  # The media relay's UDP sockets bind here.
+  bind_address: {s["relay_bind_address"]}
+  # Addresses offered to clients in ICE candidates (default: [bind_address]).
+{line("relay_public_addresses", "public_addresses", '["203.0.113.10"]')}
+  udp_port_min: {s["udp_port_min"]}
+  udp_port_max: {s["udp_port_max"]}
+
+policy:
+  # Users of these servers may use the service and invite the bot; '*' is a wildcard
+  # (e.g. "agent.*.example.gouv.fr"). Default: the homeserver's own server name.
+{line("allowed_servers", "allowed_servers", "[" + s["server_name"] + "]")}
+  # Minimum room power level to run `!visio start` and `!visio stop`.
+  start_power_level: {s["start_power_level"]}
+  stop_power_level: {s["stop_power_level"]}
+
+logging:
+  # DEBUG, INFO, WARNING or ERROR.
+  level: {s["log_level"]}
+  # text (human-readable) or json (one JSON object per line).
+  format: {s["log_format"]}
+
+metrics:
+  # Prometheus metrics at /metrics on the appservice listener.
+  enabled: {s["metrics_enabled"]}
+"""

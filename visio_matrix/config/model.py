@@ -1,0 +1,131 @@
+"""The validated configuration: one frozen dataclass per YAML section, with small pure helpers.
+
+Instances are only built by ``visio_matrix.config.parse``; secret fields are left out of
+``repr()`` so that a logged config never leaks a token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+
+@dataclass(frozen=True)
+class HomeserverConfig:
+    url: str
+    server_name: str
+
+
+@dataclass(frozen=True)
+class AppserviceConfig:
+    id: str
+    host: str
+    port: int
+    public_url: str
+    as_token: str = field(repr=False)
+    hs_token: str = field(repr=False)
+    bot_localpart: str
+    user_prefix: str
+    bot_displayname: str
+
+    def bot_user_id(self, server_name: str) -> str:
+        return f"@{self.bot_localpart}:{server_name}"
+
+    def virtual_user_regex(self, server_name: str) -> str:
+        """The (full-match) regex of the virtual users this service owns on ``server_name``."""
+        return f"@{re.escape(self.user_prefix)}.*:{re.escape(server_name)}"
+
+    def bot_user_regex(self, server_name: str) -> str:
+        return f"@{re.escape(self.bot_localpart)}:{re.escape(server_name)}"
+
+    def owns_user(self, user_id: str, server_name: str) -> bool:
+        """True for the bot and for every user in the service's exclusive namespace."""
+        return any(
+            re.fullmatch(pattern, user_id)
+            for pattern in (self.bot_user_regex(server_name), self.virtual_user_regex(server_name))
+        )
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    # The URL may carry a password: use ``redacted_url`` in logs.
+    url: str = field(repr=False)
+    kind: Literal["sqlite", "postgresql"]
+    # The database file for ``kind == "sqlite"`` (relative paths already resolved); None otherwise.
+    sqlite_path: Path | None
+
+    @property
+    def redacted_url(self) -> str:
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+@dataclass(frozen=True)
+class CryptoConfig:
+    store_path: Path
+    pickle_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    bind_address: str
+    public_addresses: tuple[str, ...]
+    udp_port_min: int
+    udp_port_max: int
+
+
+def server_pattern_regex(pattern: str) -> re.Pattern[str]:
+    """``agent.*.example.gouv.fr`` -> a case-insensitive full-match regex; ``*`` matches any run of
+    characters (dots included) so ``*.gouv.fr`` also covers ``a.b.gouv.fr``."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    allowed_servers: tuple[str, ...]
+    start_power_level: int = 0
+    stop_power_level: int = 50
+
+    def server_allowed(self, server_name: str) -> bool:
+        """Whether users of ``server_name`` (port included when it has one) may use the service."""
+        return any(server_pattern_regex(p).fullmatch(server_name) for p in self.allowed_servers)
+
+    def user_allowed(self, user_id: str) -> bool:
+        """Whether the Matrix user ``@local:server`` belongs to an allowed server."""
+        if not user_id.startswith("@") or ":" not in user_id:
+            return False
+        return self.server_allowed(user_id.split(":", 1)[1])
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: LogLevel = "INFO"
+    format: LogFormat = "text"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    homeserver: HomeserverConfig
+    appservice: AppserviceConfig
+    database: DatabaseConfig
+    crypto: CryptoConfig
+    relay: RelayConfig
+    policy: PolicyConfig
+    logging: LoggingConfig
+    metrics: MetricsConfig

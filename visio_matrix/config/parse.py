@@ -1,0 +1,349 @@
+"""Validation of the parsed YAML document into ``Config``: pure, no file or YAML access here.
+
+``SCHEMA`` lists every section and key (the docs and the example are tested against it). Each
+``_section`` function reads one section; all problems are collected and raised together.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import cast, get_args
+from urllib.parse import urlsplit
+
+from visio_matrix.config.errors import ConfigError, Issue
+from visio_matrix.config.model import (
+    AppserviceConfig,
+    Config,
+    CryptoConfig,
+    DatabaseConfig,
+    HomeserverConfig,
+    LogFormat,
+    LoggingConfig,
+    LogLevel,
+    MetricsConfig,
+    PolicyConfig,
+    RelayConfig,
+)
+from visio_matrix.config.reader import Problems, Section, describe
+
+SCHEMA: dict[str, tuple[str, ...]] = {
+    "homeserver": ("url", "server_name"),
+    "appservice": (
+        "id",
+        "host",
+        "port",
+        "public_url",
+        "as_token",
+        "as_token_file",
+        "hs_token",
+        "hs_token_file",
+        "bot_localpart",
+        "user_prefix",
+        "bot_displayname",
+    ),
+    "database": ("url",),
+    "crypto": ("store_path", "pickle_key", "pickle_key_file"),
+    "relay": ("bind_address", "public_addresses", "udp_port_min", "udp_port_max"),
+    "policy": ("allowed_servers", "start_power_level", "stop_power_level"),
+    "logging": ("level", "format"),
+    "metrics": ("enabled",),
+}
+
+DEFAULT_DATABASE_URL = "sqlite:///visio.db"
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+# Matrix power levels are integers in the canonical-JSON range.
+POWER_LEVEL_BOUND = 2**53 - 1
+
+_DNS_NAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
+_APPSERVICE_ID = re.compile(r"[A-Za-z0-9._~-]+")
+_SERVER_PATTERN = re.compile(r"[A-Za-z0-9.*:\[\]-]+")
+
+
+def is_hostname(text: str) -> bool:
+    if len(text) > 255:
+        return False
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            return isinstance(ipaddress.ip_address(text[1:-1]), ipaddress.IPv6Address)
+        except ValueError:
+            return False
+    return _DNS_NAME.fullmatch(text) is not None
+
+
+def server_name_problem(text: str) -> str | None:
+    """Why ``text`` is not a Matrix server name (``host[:port]``), or None when it is one."""
+    host, port = text, None
+    if text.startswith("["):
+        end = text.find("]")
+        rest = text[end + 1 :] if end != -1 else ""
+        if end == -1 or (rest and not rest.startswith(":")):
+            return "an IPv6 address must be written [address] or [address]:port"
+        host, port = text[: end + 1], (rest[1:] if rest else None)
+    elif ":" in text:
+        host, port = text.rsplit(":", 1)
+    if port is not None and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        return "a port after ':' must be a number 1-65535"
+    if not is_hostname(host):
+        return "expected a host name, IPv4 address or [IPv6] address, optionally with :port"
+    return None
+
+
+def url_problem(text: str) -> str | None:
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "expected an http:// or https:// URL"
+    if not parts.hostname:
+        return "the URL has no host"
+    if parts.query or parts.fragment:
+        return "the URL must not have a query or fragment"
+    return None
+
+
+def _url(section: Section, key: str, default: str | None = None) -> str:
+    text = section.string(key, default, what="an http(s) URL")
+    if section.ok(key) and text:
+        problem = url_problem(text)
+        if problem:
+            section.error(key, f"{problem}, got {describe(text)}")
+        return text.rstrip("/")
+    return text
+
+
+def _ip(section: Section, key: str, default: str) -> str:
+    text = section.string(key, default, what="an IP address")
+    if not section.ok(key):
+        return default
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        section.error(key, f"expected an IP address, got {describe(text)}")
+        return default
+
+
+def _homeserver(top: Section) -> HomeserverConfig:
+    s = top.section("homeserver", SCHEMA["homeserver"])
+    url = _url(s, "url")
+    server_name = s.string("server_name", what="the homeserver's server name (e.g. example.org)")
+    if s.ok("server_name") and server_name:
+        problem = server_name_problem(server_name)
+        if problem:
+            s.error("server_name", f"{problem}, got {describe(server_name)}")
+    s.warn_unknown()
+    return HomeserverConfig(url=url, server_name=server_name)
+
+
+def _appservice(top: Section, base_dir: Path) -> AppserviceConfig:
+    s = top.section("appservice", SCHEMA["appservice"])
+    as_id = s.string("id", "visio-matrix")
+    if s.ok("id") and not _APPSERVICE_ID.fullmatch(as_id):
+        s.error("id", f"expected letters, digits and . _ ~ - only, got {describe(as_id)}")
+    host = s.string("host", "127.0.0.1", what="a host name or IP address")
+    if s.ok("host") and not (is_hostname(host) or _is_ip(host)):
+        s.error("host", f"expected a host name or IP address, got {describe(host)}")
+    port = s.integer("port", 29380, low=1, high=65535)
+    url_host = f"[{host}]" if ":" in host else host
+    public_url = _url(s, "public_url", f"http://{url_host}:{port}")
+    as_token = s.secret("as_token", base_dir)
+    hs_token = s.secret("hs_token", base_dir)
+    if as_token and hs_token and as_token == hs_token:
+        s.error("hs_token", "must differ from appservice.as_token")
+    localparts = {}
+    for key, default in (("bot_localpart", "visio"), ("user_prefix", "_visio_")):
+        value = s.string(key, default, what="a Matrix user ID localpart")
+        if s.ok(key) and not _LOCALPART.fullmatch(value):
+            s.error(key, f"expected lower-case letters, digits and . _ = - / + only, got {describe(value)}")
+        localparts[key] = value
+    displayname = s.string("bot_displayname", "Visio")
+    s.warn_unknown()
+    return AppserviceConfig(
+        id=as_id,
+        host=host,
+        port=port,
+        public_url=public_url,
+        as_token=as_token,
+        hs_token=hs_token,
+        bot_localpart=localparts["bot_localpart"],
+        user_prefix=localparts["user_prefix"],
+        bot_displayname=displayname,
+    )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _database(top: Section, base_dir: Path) -> DatabaseConfig:
+    s = top.section("database", SCHEMA["database"])
+    url = s.string("url", DEFAULT_DATABASE_URL, what="a database URL")
+    s.warn_unknown()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    expected = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+            s.error("url", f"expected sqlite:///PATH (three slashes, then the file), got {describe(url)}")
+            return DatabaseConfig(url=url, kind="sqlite", sqlite_path=base_dir / "visio.db")
+        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db.
+        return DatabaseConfig(url=url, kind="sqlite", sqlite_path=base_dir / url[len("sqlite:///") :])
+    if scheme in ("postgresql", "postgres"):
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            # The URL may hold a password: never echo it.
+            s.error("url", "not a valid PostgreSQL URL (check the host and port)")
+        else:
+            if parts.path.strip("/") == "" and not parts.query:
+                s.error(
+                    "url",
+                    "the PostgreSQL URL names no database (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)",
+                )
+        return DatabaseConfig(url=url, kind="postgresql", sqlite_path=None)
+    shown = f"a URL starting with {scheme + '://'!r}" if scheme else describe(url)
+    s.error("url", f"expected {expected}, got {shown}")
+    return DatabaseConfig(url=url, kind="sqlite", sqlite_path=None)
+
+
+def _crypto(top: Section, base_dir: Path) -> CryptoConfig:
+    s = top.section("crypto", SCHEMA["crypto"])
+    store_path = s.path_value("store_path", "crypto", base_dir)
+    pickle_key = s.secret("pickle_key", base_dir)
+    s.warn_unknown()
+    return CryptoConfig(store_path=store_path, pickle_key=pickle_key)
+
+
+def _relay(top: Section) -> RelayConfig:
+    s = top.section("relay", SCHEMA["relay"])
+    bind = _ip(s, "bind_address", "127.0.0.1")
+    unspecified = ipaddress.ip_address(bind).is_unspecified
+    if s.has("public_addresses") and s.raw("public_addresses") is not None:
+        addresses = s.string_list("public_addresses", None, what="a list of IP addresses")
+        public: list[str] = []
+        for index, text in addresses:
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                s.problems.error(
+                    f"relay.public_addresses[{index}]", f"expected an IP address, got {describe(text)}"
+                )
+                continue
+            if address.is_unspecified:
+                s.problems.error(
+                    f"relay.public_addresses[{index}]", f"{text} cannot be reached: give a real address"
+                )
+            public.append(str(address))
+        if s.raw("public_addresses") == []:
+            s.error("public_addresses", "expected at least one IP address")
+    elif unspecified and s.ok("bind_address"):
+        s.error(
+            "public_addresses", f"required when relay.bind_address is {bind}: the addresses clients can reach"
+        )
+        public = []
+    else:
+        public = [bind]
+    port_min = s.integer("udp_port_min", 40000, low=1024, high=65535)
+    port_max = s.integer("udp_port_max", 40999, low=1024, high=65535)
+    if s.ok("udp_port_min") and s.ok("udp_port_max") and port_min > port_max:
+        s.error("udp_port_min", f"must not be above relay.udp_port_max ({port_max}), got {port_min}")
+    s.warn_unknown()
+    return RelayConfig(
+        bind_address=bind, public_addresses=tuple(public), udp_port_min=port_min, udp_port_max=port_max
+    )
+
+
+def _policy(top: Section, server_name: str) -> PolicyConfig:
+    s = top.section("policy", SCHEMA["policy"])
+    default = [server_name] if server_name else []
+    items = s.string_list("allowed_servers", default, what="a list of server names (* as wildcard)")
+    patterns = []
+    for index, pattern in items:
+        # The default (the server name) was checked in its own section: never report it twice.
+        if _SERVER_PATTERN.fullmatch(pattern) or s.raw("allowed_servers") is None:
+            patterns.append(pattern)
+        else:
+            s.problems.error(
+                f"policy.allowed_servers[{index}]",
+                f"expected a server name, '*' allowed as wildcard, got {describe(pattern)}",
+            )
+    if s.has("allowed_servers") and s.ok("allowed_servers") and not items:
+        s.problems.warn("policy.allowed_servers", "empty: no user may use the service")
+    bound = POWER_LEVEL_BOUND
+    what = "an integer (a room power level, e.g. 0, 50, 100)"
+    start = s.integer("start_power_level", 0, low=-bound, high=bound, what=what)
+    stop = s.integer("stop_power_level", 50, low=-bound, high=bound, what=what)
+    s.warn_unknown()
+    return PolicyConfig(allowed_servers=tuple(patterns), start_power_level=start, stop_power_level=stop)
+
+
+def _logging(top: Section) -> LoggingConfig:
+    s = top.section("logging", SCHEMA["logging"])
+    level = s.choice("level", LOG_LEVELS, "INFO", upper=True)
+    fmt = s.choice("format", ("text", "json"), "text")
+    s.warn_unknown()
+    return LoggingConfig(level=cast(LogLevel, level), format=cast(LogFormat, fmt))
+
+
+def _metrics(top: Section) -> MetricsConfig:
+    s = top.section("metrics", SCHEMA["metrics"])
+    enabled = s.boolean("enabled", True)
+    s.warn_unknown()
+    return MetricsConfig(enabled=enabled)
+
+
+def validate(data: object, base_dir: Path) -> tuple[Config | None, Problems]:
+    """Read everything; the config is None when there were errors (see ``problems.errors``)."""
+    problems = Problems()
+    if data is None:
+        problems.error("", "the configuration is empty: expected a mapping with homeserver, appservice, ...")
+        return None, problems
+    if not isinstance(data, dict):
+        problems.error(
+            "", f"the top level must be a mapping of sections ({', '.join(SCHEMA)}), got {describe(data)}"
+        )
+        return None, problems
+    top = Section(problems, "", data, SCHEMA)
+    homeserver = _homeserver(top)
+    config = Config(
+        homeserver=homeserver,
+        appservice=_appservice(top, base_dir),
+        database=_database(top, base_dir),
+        crypto=_crypto(top, base_dir),
+        relay=_relay(top),
+        policy=_policy(top, homeserver.server_name),
+        logging=_logging(top),
+        metrics=_metrics(top),
+    )
+    top.warn_unknown()
+    return (None if problems.errors else config), problems
+
+
+def raise_for(
+    problems: Problems, errors: list[Issue] | None = None, warnings: list[Issue] | None = None
+) -> None:
+    error_issues = problems.errors if errors is None else errors
+    warning_issues = problems.warnings if warnings is None else warnings
+    if error_issues:
+        raise ConfigError([str(e) for e in error_issues], [str(w) for w in warning_issues])
+
+
+def parse_config(data: object, base_dir: Path) -> tuple[Config, list[str]]:
+    """Validate an already-loaded YAML document; relative paths are taken from ``base_dir``.
+
+    Returns ``(config, warnings)``; raises ``ConfigError`` listing every error.
+    """
+    config, problems = validate(data, base_dir)
+    raise_for(problems)
+    assert config is not None
+    return config, [str(w) for w in problems.warnings]

@@ -1,0 +1,284 @@
+"""Every use of aiortc/aioice internals by the relay, in one place (aiortc==1.16.0, aioice 0.13).
+
+aiortc always decodes what it receives and encodes what it sends; the relay forwards RTP packets
+instead. The hooks below are the only code that touches private attributes; each one is covered by
+``tests/relay/test_aiortc_hooks.py``, which fails loudly when an upgrade moves them.
+
+- ``tap_receiver``: replaces ``RTCRtpReceiver._handle_rtp_packet`` (called by the DTLS transport
+  with each decrypted RTP packet). Keeps aiortc's receiver statistics (so its RTCP receiver
+  reports stay right), RTX unwrapping, NACK generation and REMB, but skips the depacketizer,
+  jitter buffer and decoder: each packet goes to the relay's callback instead.
+- ``hook_sender``: the sender's RTP loop idles on a ``ForwardedTrack`` that never yields; the hook
+  captures the negotiated send parameters (``send``) and takes NACK/PLI/FIR out of
+  ``_handle_rtcp_packet`` (the rest, e.g. receiver reports for RTT, still goes to aiortc).
+- ``send_rtp`` / ``record_sent`` / ``sender_rtt``: write a packet through the sender's
+  DTLS-SRTP transport and keep its sender-report counters right.
+- ``restrict_ice``: aioice gathers host candidates on every interface but 127.0.0.1 and binds
+  random ports; this makes one peer connection gather only on given addresses (and ports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aioice import ice as aioice_ice
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import is_rtx
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+    unwrap_rtx,
+)
+
+from .errors import PortRangeExhaustedError
+
+logger = logging.getLogger(__name__)
+
+OnPacket = Callable[[RtpPacket, RTCRtpCodecParameters], None]
+OnStart = Callable[[RTCRtpSendParameters], None]
+OnFeedback = Callable[[str, list[int]], None]  # ("nack", lost seqs) or ("pli", [])
+
+
+class ForwardedTrack(MediaStreamTrack):
+    """A track whose ``recv`` never returns: the sender's own RTP loop stays idle."""
+
+    def __init__(self, kind: str, track_id: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._id = track_id
+        self._never: asyncio.Event = asyncio.Event()
+
+    async def recv(self) -> Any:
+        await self._never.wait()
+        raise AssertionError("unreachable: ForwardedTrack never yields")
+
+
+# ---- receiving ------------------------------------------------------------------------------------
+
+
+def tap_receiver(receiver: RTCRtpReceiver, on_packet: OnPacket) -> None:
+    """Send every decrypted RTP packet of ``receiver`` to ``on_packet`` instead of its decoder."""
+    codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+    rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+    # aiortc's own NACK generator for the stream (None for audio, as in aiortc).
+    nacks: NackGenerator | None = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    send_remb: Callable[[tuple[int, list[int]]], Awaitable[None]] = _remb_sender(receiver)
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not receiver._enabled:
+            return
+        if estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            if remb is not None:
+                await send_remb(remb)
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        stats = streams.get(packet.ssrc)
+        if stats is None:
+            stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stats.add(packet)
+        if is_rtx(codec):
+            original_ssrc = rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if original_ssrc is None or len(packet.payload) < 2 or not isinstance(apt, int):
+                return  # unknown RTX stream, or padding-only probe
+            if apt not in codecs:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+            codec = codecs[apt]
+        if nacks is not None and nacks.add(packet):
+            await receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing))
+        if packet.payload:
+            on_packet(packet, codec)
+
+    receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+
+
+def _remb_sender(receiver: RTCRtpReceiver) -> Callable[[tuple[int, list[int]]], Awaitable[None]]:
+    from aiortc.rtp import RTCP_PSFB_APP, pack_remb_fci
+
+    async def send(remb: tuple[int, list[int]]) -> None:
+        ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+        if ssrc is not None:
+            packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=ssrc, media_ssrc=0, fci=pack_remb_fci(*remb))
+            await receiver._send_rtcp(packet)
+
+    return send
+
+
+async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Send a PLI for ``media_ssrc`` to the publisher behind ``receiver``."""
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs aiortc negotiated for this m-line (first = preferred)."""
+    return list(transceiver._codecs)
+
+
+# ---- sending --------------------------------------------------------------------------------------
+
+
+def hook_sender(sender: RTCRtpSender, on_start: OnStart, on_feedback: OnFeedback) -> None:
+    """Capture the negotiated send parameters; route NACK and PLI/FIR to ``on_feedback``."""
+    original_send = sender.send
+    original_rtcp = sender._handle_rtcp_packet
+
+    async def send(parameters: RTCRtpSendParameters) -> None:
+        started = sender._RTCRtpSender__started  # type: ignore[attr-defined]
+        await original_send(parameters)
+        if not started:
+            on_start(parameters)
+
+    async def handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            on_feedback("nack", list(packet.lost))
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            on_feedback("pli", [])
+        else:
+            await original_rtcp(packet)
+
+    sender.send = send  # type: ignore[method-assign]
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """(media SSRC, RTX SSRC) the sender announced in SDP."""
+    return sender._ssrc, sender._rtx_ssrc
+
+
+def set_sender_stream_id(sender: RTCRtpSender, stream_id: str) -> None:
+    """The msid stream id aiortc writes in SDP for this sender."""
+    sender._stream_id = stream_id
+
+
+def send_rtp(sender: RTCRtpSender, data: bytes) -> Awaitable[None]:
+    """Protect (SRTP) and send one serialized RTP packet on the sender's transport."""
+    return sender.transport._send_rtp(data)
+
+
+def record_sent(sender: RTCRtpSender, rtp_timestamp: int, payload_bytes: int, ntp_time: int) -> None:
+    """Update the counters aiortc puts in this sender's RTCP sender reports."""
+    sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
+    sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
+    sender._RTCRtpSender__octet_count += payload_bytes  # type: ignore[attr-defined]
+    sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+
+
+def sender_rtt(sender: RTCRtpSender) -> float | None:
+    """Round-trip time (s) aiortc estimated from the subscriber's receiver reports, if any."""
+    rtt: float | None = sender._RTCRtpSender__rtt  # type: ignore[attr-defined]
+    return rtt
+
+
+# ---- ICE host candidates --------------------------------------------------------------------------
+
+
+class PortRange:
+    """Hands out UDP ports in [low, high], rotating, skipping ports already in use."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low = low
+        self.high = high
+        self._next = random.randint(low, high)
+
+    async def bind(
+        self, address: str, factory: Callable[[], asyncio.DatagramProtocol]
+    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
+        loop = asyncio.get_running_loop()
+        count = self.high - self.low + 1
+        for _ in range(count):
+            port = self._next
+            self._next = self.low if port >= self.high else port + 1
+            try:
+                transport, protocol = await loop.create_datagram_endpoint(factory, local_addr=(address, port))
+            except OSError:
+                continue
+            return transport, protocol
+        raise PortRangeExhaustedError(f"no free UDP port on {address} in {self.low}-{self.high}")
+
+
+def restrict_ice(
+    pc: RTCPeerConnection, addresses: Sequence[str], ports: PortRange | None = None
+) -> RTCPeerConnection:
+    """Make ``pc`` offer host candidates only on ``addresses`` (and in ``ports`` when given).
+
+    aioice skips 127.0.0.1 and binds random ports; this wraps ``pc.setLocalDescription`` (where
+    aiortc gathers) so every ICE connection of ``pc`` gathers on the given addresses. Use it for
+    the relay (configured addresses and port range) and for loopback test peers / clients::
+
+        pc = restrict_ice(RTCPeerConnection(RTCConfiguration(iceServers=[])), ["127.0.0.1"])
+    """
+    original = pc.setLocalDescription
+    wanted = tuple(addresses)
+
+    async def set_local_description(description: Any = None) -> None:
+        for connection in _ice_connections(pc):
+            if not connection._local_candidates_start:
+                _restrict_connection(connection, wanted, ports)
+        await original(description)
+
+    pc.setLocalDescription = set_local_description  # type: ignore[method-assign]
+    return pc
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[aioice_ice.Connection]:
+    connections = [t.receiver.transport.transport.iceGatherer._connection for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        connections.append(pc.sctp.transport.transport.iceGatherer._connection)
+    return connections
+
+
+def _restrict_connection(
+    connection: aioice_ice.Connection, addresses: tuple[str, ...], ports: PortRange | None
+) -> None:
+    async def get_component_candidates(component: int, addresses_: list[str], timeout: int = 5) -> list[Candidate]:
+        del addresses_, timeout  # aioice's own list, replaced by ours
+        loop = asyncio.get_running_loop()
+        candidates = []
+        for address in addresses:
+            factory = lambda: aioice_ice.StunProtocol(connection)  # noqa: E731
+            if ports is None:
+                _, protocol = await loop.create_datagram_endpoint(factory, local_addr=(address, 0))
+            else:
+                _, protocol = await ports.bind(address, factory)
+            assert isinstance(protocol, aioice_ice.StunProtocol)
+            connection._protocols.append(protocol)
+            host, port = protocol.transport.get_extra_info("sockname")[:2]
+            protocol.local_candidate = Candidate(
+                foundation=candidate_foundation("host", "udp", host),
+                component=component,
+                transport="udp",
+                priority=candidate_priority(component, "host"),
+                host=host,
+                port=port,
+                type="host",
+            )
+            candidates.append(protocol.local_candidate)
+        return candidates
+
+    def wrapper(component: int, addresses: list[str], timeout: int = 5) -> Awaitable[list[Candidate]]:
+        return get_component_candidates(component, addresses, timeout)
+
+    connection.get_component_candidates = wrapper  # type: ignore[method-assign]

@@ -1,0 +1,250 @@
+"""The contract between the call logic and the media relay: options, events, stream metadata, stats.
+
+Like Galene's up-track/down-track interfaces, this is the whole surface the call logic sees; the
+aiortc-based implementation sits behind it (``relay.Relay``, ``conference.Conference``).
+
+Signaling model (one RTCPeerConnection per participant, BUNDLE, the relay never trickles: its
+offers and answers carry all its candidates):
+
+- the participant offers (LiveKit-style client, 1:1 Matrix call):   ``add_participant(offer=...)``
+  returns the answer;
+- or the relay offers (MSC3898-style): ``add_participant(offer=None)`` returns the relay's offer
+  and the caller later feeds the answer to ``accept_answer``;
+- whenever the tracks a participant must receive change, the relay emits ``NegotiationNeeded``
+  with a fresh offer; the caller feeds the answer back with ``accept_answer``. A participant's own
+  re-offer goes to ``apply_offer`` (returns the answer). While a relay offer is pending, a
+  re-offer raises ``NegotiationError`` (answer first, then re-offer).
+
+Events are put on ``Relay.events`` (an ``asyncio.Queue[RelayEvent]``, bounded by
+``RelayOptions.event_queue_size``; when full the oldest event is dropped and counted in
+``Relay.dropped_events``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+ParticipantMode = Literal["sfu", "mcu"]
+MediaKind = Literal["audio", "video"]
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    """How the relay binds and behaves. Times are in seconds."""
+
+    host_addresses: tuple[str, ...]
+    udp_port_min: int
+    udp_port_max: int
+    # A participant must reach ICE+DTLS "connected" within this delay, else ParticipantFailed.
+    connect_timeout: float = 20.0
+    # Packets queued per subscriber before drops start (a stalled subscriber never slows the others).
+    subscriber_queue_size: int = 512
+    # At most one keyframe request per publisher track per this interval.
+    keyframe_min_interval: float = 0.5
+    # Packets kept per outgoing stream for retransmission on NACK.
+    history_size: int = 512
+    max_sdp_bytes: int = 64 * 1024
+    max_media_sections: int = 64
+    event_queue_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not self.host_addresses:
+            raise ValueError("host_addresses must name at least one address")
+        if not (1 <= self.udp_port_min <= self.udp_port_max <= 65535):
+            raise ValueError(
+                f"UDP port range {self.udp_port_min}-{self.udp_port_max} is invalid "
+                "(expected 1 <= min <= max <= 65535)"
+            )
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """One outgoing stream (one m-line) a subscriber receives, for ``sdp_stream_metadata``.
+
+    ``stream_id`` / ``track_id`` are the msid the subscriber sees in the relay's SDP;
+    ``publisher_id`` and ``publisher_track_id`` say whose media it carries (the publisher's own
+    msid track id when it sent one).
+    """
+
+    stream_id: str
+    track_id: str
+    mid: str | None
+    kind: MediaKind
+    purpose: str  # "m.usermedia" or "m.screenshare" (taken from the publication)
+    publisher_id: str
+    publisher_track_id: str
+    publisher_metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PublishedTrack:
+    """A track a participant sends to the relay."""
+
+    participant_id: str
+    track_id: str  # the relay's id for it (the msid track id subscribers see)
+    stream_id: str
+    kind: MediaKind
+    codec: str  # mime type, e.g. "video/VP8"
+    purpose: str
+    origin_stream_id: str | None  # the publisher's own msid, when given
+    origin_track_id: str | None
+
+
+# ---- events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrackPublished:
+    conference_id: str
+    track: PublishedTrack
+
+
+@dataclass(frozen=True)
+class TrackUnpublished:
+    conference_id: str
+    track: PublishedTrack
+
+
+@dataclass(frozen=True)
+class ParticipantConnected:
+    conference_id: str
+    participant_id: str
+
+
+@dataclass(frozen=True)
+class ParticipantFailed:
+    conference_id: str
+    participant_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ParticipantLeft:
+    conference_id: str
+    participant_id: str
+
+
+@dataclass(frozen=True)
+class NegotiationNeeded:
+    """The relay has a new offer for a participant; feed the answer to ``accept_answer``."""
+
+    conference_id: str
+    participant_id: str
+    offer_sdp: str
+    streams: tuple[StreamInfo, ...]
+
+
+@dataclass(frozen=True)
+class ActiveSpeakerChanged:
+    conference_id: str
+    participant_id: str | None
+
+
+RelayEvent = (
+    TrackPublished
+    | TrackUnpublished
+    | ParticipantConnected
+    | ParticipantFailed
+    | ParticipantLeft
+    | NegotiationNeeded
+    | ActiveSpeakerChanged
+)
+
+
+# ---- stats ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParticipantStats:
+    participant_id: str
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    drops: int = 0  # packets not sent to this subscriber (queue overflow, waiting for a keyframe)
+    keyframe_requests_received: int = 0  # PLI/FIR from this participant (as a subscriber)
+    keyframe_requests_forwarded: int = 0  # PLI sent to this participant (as a publisher)
+    nacks_received: int = 0  # NACKed packets asked by this participant
+    retransmissions: int = 0
+    rtt_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ConferenceStats:
+    conference_id: str
+    participants: tuple[ParticipantStats, ...]
+    packets_in: int
+    bytes_in: int
+    packets_out: int
+    bytes_out: int
+    drops: int
+    keyframe_requests_received: int
+    keyframe_requests_forwarded: int
+    nacks_received: int
+    retransmissions: int
+
+
+# ---- the contract ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """Result of a signaling step: the relay's SDP and the streams the participant will receive."""
+
+    sdp: str
+    streams: tuple[StreamInfo, ...]
+
+
+class ConferenceApi(Protocol):
+    conference_id: str
+
+    async def add_participant(
+        self,
+        participant_id: str,
+        *,
+        offer_sdp: str | None = None,
+        mode: ParticipantMode = "sfu",
+        metadata: Mapping[str, str] | None = None,
+    ) -> Negotiated:
+        """With an offer: returns the answer. Without: returns the relay's offer (see accept_answer)."""
+        ...
+
+    async def apply_offer(self, participant_id: str, offer_sdp: str) -> Negotiated: ...
+
+    async def accept_answer(self, participant_id: str, answer_sdp: str) -> None: ...
+
+    async def add_ice_candidate(
+        self,
+        participant_id: str,
+        candidate: str | None,
+        sdp_mid: str | None = None,
+        sdp_mline_index: int | None = None,
+    ) -> None:
+        """``candidate`` is the SDP "candidate:..." line; None means end-of-candidates."""
+        ...
+
+    async def remove_participant(self, participant_id: str) -> None: ...
+
+    async def subscribe(self, subscriber_id: str, publisher_id: str) -> None: ...
+
+    async def unsubscribe(self, subscriber_id: str, publisher_id: str) -> None: ...
+
+    def streams_for(self, participant_id: str) -> tuple[StreamInfo, ...]: ...
+
+    def published_tracks(self) -> tuple[PublishedTrack, ...]: ...
+
+    def stats(self) -> ConferenceStats: ...
+
+    async def close(self) -> None: ...
+
+
+class RelayApi(Protocol):
+    async def create_conference(self, conference_id: str) -> ConferenceApi: ...
+
+    def conference(self, conference_id: str) -> ConferenceApi: ...
+
+    async def close_conference(self, conference_id: str) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,36 @@
+"""Time source of the MCU path, and the pure deadline arithmetic of its periodic ticks.
+
+The mixer and the compositor run on fixed periods (20 ms audio, 1/fps video). They read time from a
+`Clock` passed in, so the tick schedule is testable without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Anything with a monotonic `now()` in seconds."""
+
+    def now(self) -> float: ...
+
+
+class MonotonicClock:
+    """The production clock: `time.monotonic()`."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+
+def next_deadline(previous: float, period: float, now: float, max_lag_periods: int = 5) -> float:
+    """The deadline of the tick after the one due at `previous`.
+
+    Ticks keep a fixed cadence (`previous + period`) so that a late wake-up is caught up on the next
+    tick; when the loop has fallen more than `max_lag_periods` behind (a stalled event loop), the
+    schedule restarts from `now` instead of producing a burst of catch-up ticks.
+    """
+    deadline = previous + period
+    if now - deadline > max_lag_periods * period:
+        return now
+    return deadline

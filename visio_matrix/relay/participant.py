@@ -1,0 +1,100 @@
+"""One participant of a conference: its RTCPeerConnection, its up/down tracks and its writer.
+
+Negotiation state (one peer connection, relay and participant both offer)::
+
+    stable --relay offer (NegotiationNeeded)--> have-local-offer --accept_answer--> stable
+    stable --participant offer (apply_offer)--> answer returned  --------------> stable
+
+Down tracks (m-lines the relay sends) are only created right before the relay makes an offer, so
+a participant's offer never lands on a relay-created m-line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
+from aiortc import sdp as aiortc_sdp
+
+from . import aiortc_hooks as hooks
+from .api import ParticipantMode, ParticipantStats
+from .forwarding import Counters, DownTrack, SubscriberWriter, UpTrack
+from .tasks import TaskOwner
+
+
+@dataclass(frozen=True)
+class RemoteMsid:
+    stream_id: str | None
+    track_id: str | None
+
+
+class Participant:
+    def __init__(
+        self,
+        participant_id: str,
+        mode: ParticipantMode,
+        metadata: Mapping[str, str],
+        addresses: tuple[str, ...],
+        ports: hooks.PortRange,
+        queue_size: int,
+        tasks: TaskOwner,
+    ) -> None:
+        self.id = participant_id
+        self.mode = mode
+        self.metadata = dict(metadata)
+        self.pc = hooks.restrict_ice(RTCPeerConnection(RTCConfiguration(iceServers=[])), addresses, ports)
+        self.counters = Counters()
+        self.ups: dict[RTCRtpTransceiver, UpTrack] = {}
+        self.downs: dict[UpTrack, DownTrack] = {}
+        self.down_transceivers: dict[RTCRtpTransceiver, DownTrack | None] = {}
+        self.mix_transceivers: set[RTCRtpTransceiver] = set()
+        self.stream_purposes: dict[str, str] = {}
+        self.negotiated_once = False
+        self.needs_offer = False
+        self.connected = asyncio.Event()
+        self.closed = False
+        self.writer = SubscriberWriter(self.counters, queue_size, tasks, participant_id)
+
+    @property
+    def signaling_state(self) -> str:
+        return self.pc.signalingState
+
+    def remote_msids(self) -> dict[str, RemoteMsid]:
+        """mid -> the msid the participant gave each of its m-lines."""
+        remote = self.pc.remoteDescription
+        if remote is None:
+            return {}
+        result = {}
+        for media in aiortc_sdp.SessionDescription.parse(remote.sdp).media:
+            stream_id = track_id = None
+            if media.msid:
+                bits = media.msid.split()
+                stream_id = bits[0]
+                track_id = bits[1] if len(bits) > 1 else None
+            if media.rtp.muxId:
+                result[media.rtp.muxId] = RemoteMsid(stream_id, track_id)
+        return result
+
+    def stats(self) -> ParticipantStats:
+        rtts = [rtt for down in self.downs.values() if (rtt := hooks.sender_rtt(down.sender)) is not None]
+        c = self.counters
+        return ParticipantStats(
+            participant_id=self.id,
+            packets_in=c.packets_in,
+            bytes_in=c.bytes_in,
+            packets_out=c.packets_out,
+            bytes_out=c.bytes_out,
+            drops=c.drops,
+            keyframe_requests_received=c.keyframe_requests_received,
+            keyframe_requests_forwarded=c.keyframe_requests_forwarded,
+            nacks_received=c.nacks_received,
+            retransmissions=c.retransmissions,
+            rtt_s=sum(rtts) / len(rtts) if rtts else None,
+        )
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.writer.close()
+        await self.pc.close()
