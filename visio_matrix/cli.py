@@ -227,4 +227,8 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: the other commands must work without loading the whole service.
     from visio_matrix.app import run_service
 
-    return asyncio.run(run_service(config))
+    try:
+        return asyncio.run(run_service(config))
+    except KeyboardInterrupt:
+        # Ctrl-C before the service installed its own signal handlers.
+        return 130

@@ -56,7 +56,12 @@ def test_body_with_msc2409_data() -> None:
 def test_good_event_parses() -> None:
     event = parse_room_event(GOOD)
     assert isinstance(event, RoomEvent)
-    assert (event.event_id, event.room_id, event.sender, event.type) == ("$e1", "!r:hs", "@a:hs", "m.room.message")
+    assert (event.event_id, event.room_id, event.sender, event.type) == (
+        "$e1",
+        "!r:hs",
+        "@a:hs",
+        "m.room.message",
+    )
     assert event.content == {"body": "hi"}
     assert event.state_key is None
 

@@ -83,9 +83,16 @@ async def test_legacy_query_token(setup: tuple[TestClient[Any, Any], RecordingHa
 
 @pytest.mark.parametrize(
     ("data", "errcode"),
-    [(b"{not json", "M_NOT_JSON"), (b"[]", "M_BAD_JSON"), (b'{"events": 3}', "M_BAD_JSON"), (b"", "M_BAD_JSON")],
+    [
+        (b"{not json", "M_NOT_JSON"),
+        (b"[]", "M_BAD_JSON"),
+        (b'{"events": 3}', "M_BAD_JSON"),
+        (b"", "M_BAD_JSON"),
+    ],
 )
-async def test_bad_bodies(setup: tuple[TestClient[Any, Any], RecordingHandler], data: bytes, errcode: str) -> None:
+async def test_bad_bodies(
+    setup: tuple[TestClient[Any, Any], RecordingHandler], data: bytes, errcode: str
+) -> None:
     client, handler = setup
     resp = await client.put("/_matrix/app/v1/transactions/t2", data=data, headers=AUTH)
     assert resp.status == 400

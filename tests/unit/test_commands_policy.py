@@ -52,7 +52,9 @@ CREATE_V12 = {"sender": "@creator:hs", "content": {"room_version": "12", "additi
         ("@other:hs", None, CREATE_V10, 0),
     ],
 )
-def test_power_level_of(user: str, power_levels: dict[str, Any] | None, create: dict[str, Any] | None, level: float) -> None:
+def test_power_level_of(
+    user: str, power_levels: dict[str, Any] | None, create: dict[str, Any] | None, level: float
+) -> None:
     assert power_level_of(user, power_levels, create) == level
 
 

@@ -50,7 +50,12 @@ def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
     assert config.homeserver.url == "http://127.0.0.1:8008"
     assert config.homeserver.server_name == "localhost:8481"
     a = config.appservice
-    assert (a.id, a.host, a.port, a.public_url) == ("visio-matrix", "127.0.0.1", 29380, "http://127.0.0.1:29380")
+    assert (a.id, a.host, a.port, a.public_url) == (
+        "visio-matrix",
+        "127.0.0.1",
+        29380,
+        "http://127.0.0.1:29380",
+    )
     assert (a.bot_localpart, a.user_prefix, a.bot_displayname) == ("visio", "_visio_", "Visio")
     assert (a.as_token, a.hs_token) == (AS, HS)
     assert config.database.kind == "sqlite"
@@ -92,7 +97,11 @@ INVALID_CASES: list[tuple[str, object, str]] = [
     ("appservice.public_url", "somewhere", "appservice.public_url: expected an http:// or https:// URL"),
     ("appservice.as_token", _DELETE, "appservice.as_token: required: set appservice.as_token or"),
     ("appservice.as_token", "short", "appservice.as_token: too short: at least 16 characters, got 5"),
-    ("appservice.as_token", 12345678901234567890, "appservice.as_token: expected a string, got a int"),
+    (
+        "appservice.as_token",
+        12345678901234567890,
+        "appservice.as_token: expected a string, got a number (put the secret in quotes)",
+    ),
     ("appservice.as_token", "with space inside 1234", "appservice.as_token: must not contain spaces"),
     ("appservice.as_token_file", "x", "appservice.as_token: set either appservice.as_token or"),
     ("appservice.hs_token", AS, "appservice.hs_token: must differ from appservice.as_token"),
@@ -116,7 +125,11 @@ INVALID_CASES: list[tuple[str, object, str]] = [
     ("relay.public_addresses", {"a": 1}, "relay.public_addresses: expected a list of IP addresses"),
     ("relay.udp_port_min", 80, "relay.udp_port_min: expected an integer 1024-65535, got 80"),
     ("relay.udp_port_max", 70000, "relay.udp_port_max: expected an integer 1024-65535, got 70000"),
-    ("relay.udp_port_min", 41000, "relay.udp_port_min: must not be above relay.udp_port_max (40999), got 41000"),
+    (
+        "relay.udp_port_min",
+        41000,
+        "relay.udp_port_min: must not be above relay.udp_port_max (40999), got 41000",
+    ),
     ("policy.allowed_servers", ["ok.org", 7], "policy.allowed_servers[1]: expected a string, got 7"),
     ("policy.allowed_servers", ["bad server"], "policy.allowed_servers[0]: expected a server name"),
     ("policy.start_power_level", "10", "policy.start_power_level: expected an integer (a room power level"),
@@ -129,7 +142,9 @@ INVALID_CASES: list[tuple[str, object, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "expected"), INVALID_CASES, ids=[c[0] + ":" + c[2] for c in INVALID_CASES])
+@pytest.mark.parametrize(
+    ("path", "value", "expected"), INVALID_CASES, ids=[c[0] + ":" + c[2] for c in INVALID_CASES]
+)
 def test_each_mistake_gives_one_error_naming_its_path(
     tmp_path: Path, path: str, value: object, expected: str
 ) -> None:
@@ -168,7 +183,9 @@ VALID_CASES: list[tuple[str, object, str, object]] = [
 
 
 @pytest.mark.parametrize(("path", "value", "attr", "expected"), VALID_CASES)
-def test_valid_values_are_parsed(tmp_path: Path, path: str, value: object, attr: str, expected: object) -> None:
+def test_valid_values_are_parsed(
+    tmp_path: Path, path: str, value: object, attr: str, expected: object
+) -> None:
     config, warnings = parse_config(with_value(path, value), tmp_path)
     assert warnings == []
     got: Any = config
@@ -299,6 +316,18 @@ def test_policy_server_allowed(tmp_path: Path, patterns: list[str], server: str,
     config, _ = parse_config(with_value("policy.allowed_servers", patterns), tmp_path)
     assert config.policy.server_allowed(server) is allowed
     assert config.policy.user_allowed(f"@alice:{server}") is allowed
+
+
+def test_unspecified_host_without_public_url_is_a_warning(tmp_path: Path) -> None:
+    config, warnings = parse_config(with_value("appservice.host", "0.0.0.0"), tmp_path)
+    assert config.appservice.public_url == "http://0.0.0.0:29380"
+    assert warnings == [
+        "appservice.public_url: not set, so the homeserver is told to use http://0.0.0.0:29380; "
+        "set it to an address it can reach"
+    ]
+    data = with_value("appservice.host", "0.0.0.0")
+    data["appservice"]["public_url"] = "http://10.0.0.2:29380"
+    assert parse_config(data, tmp_path)[1] == []
 
 
 def test_empty_allowed_servers_is_a_warning(tmp_path: Path) -> None:

@@ -39,7 +39,9 @@ class FakeIO:
     async def leave(self, room_id: str) -> None:
         self.left.append(room_id)
 
-    async def send(self, room_id: str, event_type: str, content: dict[str, Any], timeout: float = 20.0) -> str:
+    async def send(
+        self, room_id: str, event_type: str, content: dict[str, Any], timeout: float = 20.0
+    ) -> str:
         self.sent.append((room_id, content))
         return f"$sent{len(self.sent)}"
 
@@ -50,7 +52,9 @@ class FakeIO:
         session = str(event.content.get("session_id"))
         if session not in self.keys_available:
             return Undecryptable("no session", waiting_for_keys=True)
-        return Decrypted("m.room.message", {"msgtype": "m.text", "body": event.content["plain"]}, "curve", True)
+        return Decrypted(
+            "m.room.message", {"msgtype": "m.text", "body": event.content["plain"]}, "curve", True
+        )
 
     async def wait_for_sync(self, timeout: float) -> bool:
         return True
@@ -144,7 +148,9 @@ async def test_invites_follow_policy(store: Store) -> None:
     bot = make_bot(io, store, FakeClock())
 
     def invite(sender: str, room: str) -> RoomEvent:
-        return RoomEvent(f"$i{room}", room, sender, "m.room.member", {"membership": "invite"}, 0, state_key=BOT)
+        return RoomEvent(
+            f"$i{room}", room, sender, "m.room.member", {"membership": "invite"}, 0, state_key=BOT
+        )
 
     await bot.on_room_event(invite("@user:hs", "!a:hs"))
     await bot.on_room_event(invite("@eve:evil.example", "!b:hs"))
@@ -155,8 +161,12 @@ async def test_invites_follow_policy(store: Store) -> None:
 async def test_encrypted_command_waits_for_its_key(store: Store) -> None:
     io, clock = FakeIO(), FakeClock()
     bot = make_bot(io, store, clock)
-    enc = RoomEvent("$enc", ROOM, "@user:hs", "m.room.encrypted", {"session_id": "s1", "plain": "!visio start"}, 0)
-    gone = RoomEvent("$gone", ROOM, "@user:hs", "m.room.encrypted", {"session_id": "s2", "plain": "!visio help"}, 0)
+    enc = RoomEvent(
+        "$enc", ROOM, "@user:hs", "m.room.encrypted", {"session_id": "s1", "plain": "!visio start"}, 0
+    )
+    gone = RoomEvent(
+        "$gone", ROOM, "@user:hs", "m.room.encrypted", {"session_id": "s2", "plain": "!visio help"}, 0
+    )
     await bot.on_room_event(enc)
     await bot.on_room_event(gone)
     assert io.sent == [] and bot.pending_count == 2
@@ -170,6 +180,8 @@ async def test_encrypted_command_waits_for_its_key(store: Store) -> None:
     assert len(io.sent) == 1
 
 
-@pytest.mark.parametrize(("ms", "text"), [(0, "0m00s"), (59_999, "0m59s"), (61_000, "1m01s"), (3_725_000, "1h02m05s")])
+@pytest.mark.parametrize(
+    ("ms", "text"), [(0, "0m00s"), (59_999, "0m59s"), (61_000, "1m01s"), (3_725_000, "1h02m05s")]
+)
 def test_format_duration(ms: int, text: str) -> None:
     assert format_duration(ms) == text

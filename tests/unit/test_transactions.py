@@ -80,7 +80,9 @@ async def test_duplicate_transaction_after_reopen(tmp_path: Path) -> None:
 async def test_bad_and_failing_events_do_not_stop_the_others(store: Store) -> None:
     sink = RecordingSink(fail_on="$e2")
     proc = processor(store, sink)
-    txn = parse_transaction_body({"events": [ev(1), "garbage", {"type": "x"}, ev(2), {**ev(4), "content": 1}, ev(3)]})
+    txn = parse_transaction_body(
+        {"events": [ev(1), "garbage", {"type": "x"}, ev(2), {**ev(4), "content": 1}, ev(3)]}
+    )
     await proc.on_transaction("t1", txn)
     assert sink.seen == ["$e1", "$e3"]
     assert await store.is_transaction_done("t1")

@@ -152,6 +152,16 @@ def _appservice(top: Section, base_dir: Path) -> AppserviceConfig:
     port = s.integer("port", 29380, low=1, high=65535)
     url_host = f"[{host}]" if ":" in host else host
     public_url = _url(s, "public_url", f"http://{url_host}:{port}")
+    if (
+        s.raw("public_url") is None
+        and s.ok("host")
+        and _is_ip(host)
+        and ipaddress.ip_address(host).is_unspecified
+    ):
+        s.problems.warn(
+            "appservice.public_url",
+            f"not set, so the homeserver is told to use {public_url}; set it to an address it can reach",
+        )
     as_token = s.secret("as_token", base_dir)
     hs_token = s.secret("hs_token", base_dir)
     if as_token and hs_token and as_token == hs_token:

@@ -54,8 +54,13 @@ def describe(value: object) -> str:
 
 
 def describe_secret(value: object) -> str:
+    """Like ``describe`` but never shows the value itself."""
     if isinstance(value, str):
         return f"a string of {len(value)} characters"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number (put the secret in quotes)"
     return (
         describe(value) if value is None or isinstance(value, Mapping | list) else f"a {type(value).__name__}"
     )

@@ -251,7 +251,7 @@ class MatrixUser:
             for event in info.timeline.events:
                 if isinstance(event, RoomMemberEvent):
                     self._membership[(room_id, event.state_key)] = event.membership
-        pass  # mutated
+        self._retry_decryption()
 
     def _retry_decryption(self) -> None:
         for room_id, room_log in self._rooms.items():

@@ -132,6 +132,10 @@ async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     await receiver._send_rtcp_pli(media_ssrc)
 
 
+def has_codec_preferences(transceiver: RTCRtpTransceiver) -> bool:
+    return bool(transceiver._preferred_codecs)
+
+
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
     """The codecs aiortc negotiated for this m-line (first = preferred)."""
     return list(transceiver._codecs)
@@ -239,7 +243,7 @@ def restrict_ice(
                 _restrict_connection(connection, wanted, ports)
         await original(description)
 
-    pc.setLocalDescription = set_local_description  # type: ignore[method-assign]
+    pc.setLocalDescription = set_local_description  # type: ignore[method-assign,assignment]
     return pc
 
 
@@ -259,10 +263,12 @@ def _restrict_connection(
         candidates = []
         for address in addresses:
             factory = lambda: aioice_ice.StunProtocol(connection)  # noqa: E731
+            bound: tuple[Any, Any]
             if ports is None:
-                _, protocol = await loop.create_datagram_endpoint(factory, local_addr=(address, 0))
+                bound = await loop.create_datagram_endpoint(factory, local_addr=(address, 0))
             else:
-                _, protocol = await ports.bind(address, factory)
+                bound = await ports.bind(address, factory)
+            protocol = bound[1]
             assert isinstance(protocol, aioice_ice.StunProtocol)
             connection._protocols.append(protocol)
             host, port = protocol.transport.get_extra_info("sockname")[:2]
@@ -281,4 +287,4 @@ def _restrict_connection(
     def wrapper(component: int, addresses: list[str], timeout: int = 5) -> Awaitable[list[Candidate]]:
         return get_component_candidates(component, addresses, timeout)
 
-    connection.get_component_candidates = wrapper  # type: ignore[method-assign]
+    connection.get_component_candidates = wrapper  # type: ignore[method-assign,assignment]

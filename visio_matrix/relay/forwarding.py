@@ -140,7 +140,7 @@ class DownTrack:
     def start(self, parameters: RTCRtpSendParameters) -> None:
         """Called once the subscriber negotiated this stream (aiortc started the sender)."""
         codec = parameters.codecs[0]
-        self._pt = codec.payloadType
+        self._pt = codec.payloadType or 0
         for c in parameters.codecs:
             if is_rtx(c) and c.parameters.get("apt") == codec.payloadType:
                 self._rtx_pt = c.payloadType

@@ -40,9 +40,9 @@ def check_remote_sdp(sdp: str, sdp_type: str, *, max_bytes: int, max_sections: i
         where = f"media section {index} (mid {media.rtp.muxId!r}, {media.kind})"
         if media.kind not in MEDIA_KINDS:
             raise InvalidSdpError(f"{where}: unsupported media kind {media.kind!r}")
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise InvalidSdpError(f"{where}: ICE ufrag or password is missing")
-        if not media.dtls.fingerprints:
+        if media.dtls is None or not media.dtls.fingerprints:
             raise InvalidSdpError(f"{where}: DTLS fingerprint is missing")
         for fingerprint in media.dtls.fingerprints:
             if fingerprint.algorithm.lower() not in FINGERPRINT_ALGORITHMS:

@@ -1,0 +1,264 @@
+"""``scripts/demo``: a local Synapse (SQLite, loopback) + the service, two demo users, an encrypted room.
+
+Without ``--check`` it prints how to log in and runs until Ctrl-C. With ``--check`` it plays a demo
+user (``!visio start`` / ``status`` / ``stop`` in the encrypted room, each reply decrypted), prints
+one summary line with the timings and exits 0 only if every step worked.
+
+The service runs as its own process through the real CLI (``visio-matrix run``), as an admin runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from visio_matrix.devstack.service_files import write_service_files
+from visio_matrix.devstack.synapse import LocalSynapse, free_port
+from visio_matrix.devstack.user import MatrixUser, MessageView
+
+DEMO_USERS = (("alice", "Alice"), ("bob", "Bob"))
+
+
+@dataclass(frozen=True)
+class DemoStack:
+    hs: LocalSynapse
+    service: subprocess.Popen[bytes]
+    service_url: str
+    config_path: Path
+    bot_user_id: str
+    state: Path
+
+
+def _port(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+async def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the service exited with {proc.returncode}; see {log_path}:\n{_tail(log_path)}"
+                )
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the service did not become ready in {timeout:.0f}s; see {log_path}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextlib.asynccontextmanager
+async def demo_stack(state: Path) -> AsyncIterator[DemoStack]:
+    """Starts Synapse and the service; stops both on exit, whatever happens."""
+    state.mkdir(parents=True, exist_ok=True)
+    ports_file = state / "ports.json"
+    if ports_file.exists():
+        ports = json.loads(ports_file.read_text())
+    else:
+        ports = {"synapse": _port(8008), "service": _port(29380)}
+        ports_file.write_text(json.dumps(ports))
+    server_name = f"localhost:{ports['synapse']}"
+    config_path, registration = write_service_files(
+        state / "visio",
+        homeserver_url=f"http://127.0.0.1:{ports['synapse']}",
+        server_name=server_name,
+        port=ports["service"],
+    )
+    hs = LocalSynapse(
+        state / "synapse",
+        server_name=server_name,
+        client_port=ports["synapse"],
+        appservice_registration_files=[registration],
+    )
+    await hs.start()
+    service_log = state / "visio" / "service.log"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with service_log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "visio_matrix", "run", "-c", str(config_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=state,
+            )
+        service_url = f"http://127.0.0.1:{ports['service']}"
+        await _wait_http(service_url + "/health/ready", 60, proc, service_log)
+        yield DemoStack(hs, proc, service_url, config_path, f"@visio:{server_name}", state)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        await hs.stop()
+
+
+async def demo_room(stack: DemoStack, users: dict[str, MatrixUser]) -> str:
+    """The encrypted demo room with both users and the bot (made once, remembered in the state folder)."""
+    room_file = stack.state / "room.json"
+    if room_file.exists():
+        return str(json.loads(room_file.read_text())["room_id"])
+    alice, bob = users["alice"], users["bob"]
+    room_id = await alice.create_room("Visio demo", invite=[bob.user_id, stack.bot_user_id], encrypted=True)
+    await bob.join(room_id)
+    await alice.wait_for_membership(room_id, stack.bot_user_id, "join", timeout=60)
+    room_file.write_text(json.dumps({"room_id": room_id}))
+    return room_id
+
+
+def _password_for(state: Path) -> str:
+    path = state / "demo-password"
+    if not path.exists():
+        import secrets
+
+        path.write_text(secrets.token_urlsafe(9))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+async def login_users(stack: DemoStack, password: str) -> dict[str, MatrixUser]:
+    users: dict[str, MatrixUser] = {}
+    for localpart, display in DEMO_USERS:
+        user_id = await stack.hs.register_user(localpart, password, displayname=display)
+        users[localpart] = await MatrixUser.login(
+            stack.hs.base_url, user_id, password, stack.state / "clients" / f"{localpart}-{time.time_ns()}"
+        )
+    return users
+
+
+def bot_says(bot: str, prefix: str) -> Callable[[MessageView], bool]:
+    return lambda m: m.sender == bot and (m.body or "").startswith(prefix)
+
+
+async def run_check(stack: DemoStack, users: dict[str, MatrixUser], room_id: str) -> bool:
+    alice = users["alice"]
+    timings: list[str] = []
+    steps = [
+        ("!visio start", "📞 Call started"),
+        ("!visio status", "Call running for"),
+        ("!visio stop", "📴 Call ended"),
+    ]
+    ok = True
+    for command, expected in steps:
+        started = time.monotonic()
+        try:
+            await alice.send_text(room_id, command)
+            reply = await alice.wait_for_message(room_id, bot_says(stack.bot_user_id, expected), timeout=60)
+        except Exception as exc:
+            print(f"[check] FAILED: '{command}': {exc}")
+            ok = False
+            break
+        if not (reply.encrypted and reply.decrypted):
+            print(f"[check] FAILED: reply to '{command}' was not end-to-end encrypted")
+            ok = False
+            break
+        timings.append(f"{command.split()[1]}={(time.monotonic() - started) * 1000:.0f}ms")
+    if ok:
+        print(f"[check] encrypted replies: {' '.join(timings)}")
+    return ok
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    root = Path(args.state).resolve()
+    if args.check:
+        state = root / "demo-check"
+        shutil.rmtree(state, ignore_errors=True)
+    else:
+        state = root / "demo"
+    t0 = time.monotonic()
+    async with demo_stack(state) as stack:
+        t_up = time.monotonic() - t0
+        password = _password_for(state)
+        users = await login_users(stack, password)
+        try:
+            room_id = await demo_room(stack, users)
+            t_ready = time.monotonic() - t0
+            if args.check:
+                ok = await run_check(stack, users, room_id)
+                total = time.monotonic() - t0
+                print(
+                    f"demo --check: {'OK' if ok else 'FAILED'} | stack up {t_up:.1f}s | room ready {t_ready:.1f}s"
+                    f" | total {total:.1f}s"
+                )
+                return 0 if ok else 1
+            print_welcome(stack, password, room_id)
+        finally:
+            for user in users.values():
+                await user.close()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("\nstopping the service and Synapse...")
+    return 0
+
+
+def print_welcome(stack: DemoStack, password: str, room_id: str) -> None:
+    print(
+        f"""
+visio-matrix demo is running.
+
+  Homeserver (Synapse):  {stack.hs.base_url}   (server name {stack.hs.server_name})
+  visio-matrix service:  {stack.service_url}   (health: /health/ready, metrics: /metrics)
+  Bot:                   {stack.bot_user_id}
+  Demo users:            {", ".join(f"@{u}:{stack.hs.server_name}" for u, _ in DEMO_USERS)}
+  Password (both):       {password}
+  Encrypted demo room:   {room_id}  ("Visio demo")
+
+Log in with any Matrix client (homeserver {stack.hs.base_url}), open "Visio demo" and type
+`!visio help`. Logs: {stack.state}/visio/service.log and {stack.hs.log_path}.
+Press Ctrl-C to stop everything.
+"""
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/demo", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--check", action="store_true", help="run a scripted check, print a summary, exit")
+    parser.add_argument("--state", default=os.environ.get("VISIO_DEMO_STATE", "state"), help="state folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # nio warns about every device it has no Olm session with yet: normal in a fresh demo room.
+    logging.getLogger("nio").setLevel(logging.ERROR)
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

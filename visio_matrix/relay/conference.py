@@ -1,0 +1,580 @@
+"""A conference: who publishes what, who receives what, and the signaling with each participant.
+
+Implements ``api.ConferenceApi``. Signaling operations are serialized by one lock per conference;
+the media path (``forwarding``) never takes it. After every operation ``_reconcile`` compares, for
+each subscriber, the up tracks it should receive with the down tracks it has, and sends a new
+offer (``NegotiationNeeded``) where they differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from aiortc import RTCIceCandidate, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
+from aiortc.exceptions import InvalidStateError, OperationError
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+
+from ..clock import Clock
+from . import aiortc_hooks as hooks
+from .api import (
+    ActiveSpeakerChanged,
+    ConferenceStats,
+    Negotiated,
+    NegotiationNeeded,
+    ParticipantConnected,
+    ParticipantFailed,
+    ParticipantLeft,
+    ParticipantMode,
+    PublishedTrack,
+    RelayEvent,
+    RelayOptions,
+    StreamInfo,
+    TrackPublished,
+    TrackUnpublished,
+)
+from .errors import (
+    ClosedError,
+    DuplicateParticipantError,
+    InvalidCandidateError,
+    InvalidSdpError,
+    McuUnavailableError,
+    NegotiationError,
+    RelayError,
+    UnknownParticipantError,
+    UnsupportedCodecError,
+)
+from .forwarding import DownTrack, UpTrack
+from .participant import Participant
+from .sdp_check import FORWARDABLE, check_remote_sdp
+from .speaker import ActiveSpeakerDetector
+from .tasks import TaskOwner
+
+logger = logging.getLogger(__name__)
+
+SPEAKER_EVAL_INTERVAL = 0.1
+
+
+class Conference:
+    def __init__(
+        self,
+        conference_id: str,
+        options: RelayOptions,
+        clock: Clock,
+        ports: hooks.PortRange,
+        emit: Callable[[RelayEvent], None],
+    ) -> None:
+        self.conference_id = conference_id
+        self._options = options
+        self._clock = clock
+        self._ports = ports
+        self._emit = emit
+        self._participants: dict[str, Participant] = {}
+        self._denied: set[tuple[str, str]] = set()  # (subscriber, publisher)
+        self._lock = asyncio.Lock()
+        self._tasks = TaskOwner(f"conference:{conference_id}")
+        self._speaker = ActiveSpeakerDetector()
+        self._last_speaker_eval = 0.0
+        self._mcu: Any = None
+        self._mcu_sources: set[tuple[str, str]] = set()
+        self._closed = False
+
+    # ---- API ------------------------------------------------------------------------------------
+
+    async def add_participant(
+        self,
+        participant_id: str,
+        *,
+        offer_sdp: str | None = None,
+        mode: ParticipantMode = "sfu",
+        metadata: Mapping[str, str] | None = None,
+        stream_purposes: Mapping[str, str] | None = None,
+    ) -> Negotiated:
+        async with self._lock:
+            self._check_open()
+            if participant_id in self._participants:
+                raise DuplicateParticipantError(f"participant {participant_id!r} is already in the conference")
+            if mode not in ("sfu", "mcu"):
+                raise RelayError(f"unknown participant mode {mode!r} (expected 'sfu' or 'mcu')")
+            checked = None if offer_sdp is None else self._check(offer_sdp, "offer")
+            if mode == "mcu":
+                self._ensure_mcu()
+            p = Participant(
+                participant_id,
+                mode,
+                metadata or {},
+                self._options.host_addresses,
+                self._ports,
+                self._options.subscriber_queue_size,
+                self._tasks,
+            )
+            self._participants[participant_id] = p
+            p.pc.on("track", lambda track: self._on_track(p, track))
+            p.pc.on("connectionstatechange", lambda: self._on_connection_state(p))
+            try:
+                if checked is not None:
+                    result = await self._answer(p, checked, stream_purposes)
+                else:
+                    result = await self._offer(p, initial=True)
+            except BaseException:
+                await self._remove(p, emit=False)
+                raise
+            self._tasks.spawn(self._watch_connect(p), f"connect:{participant_id}")
+            await self._reconcile()
+            return result
+
+    async def apply_offer(
+        self, participant_id: str, offer_sdp: str, stream_purposes: Mapping[str, str] | None = None
+    ) -> Negotiated:
+        async with self._lock:
+            p = self._get(participant_id)
+            result = await self._answer(p, self._check(offer_sdp, "offer"), stream_purposes)
+            await self._reconcile()
+            return result
+
+    async def accept_answer(self, participant_id: str, answer_sdp: str) -> None:
+        async with self._lock:
+            p = self._get(participant_id)
+            if p.signaling_state != "have-local-offer":
+                raise NegotiationError(
+                    f"participant {participant_id!r} has no relay offer pending "
+                    f"(signaling state {p.signaling_state!r})"
+                )
+            checked = self._check(answer_sdp, "answer")
+            try:
+                await p.pc.setRemoteDescription(RTCSessionDescription(checked, "answer"))
+            except Exception as exc:
+                raise _translate(exc) from exc
+            p.negotiated_once = True
+            self._sync_publications(p)
+            await self._reconcile()
+
+    async def add_ice_candidate(
+        self,
+        participant_id: str,
+        candidate: str | None,
+        sdp_mid: str | None = None,
+        sdp_mline_index: int | None = None,
+    ) -> None:
+        async with self._lock:
+            p = self._get(participant_id)
+            if p.pc.remoteDescription is None:
+                raise NegotiationError(f"participant {participant_id!r}: ICE candidate before any SDP")
+            if not candidate:
+                await p.pc.addIceCandidate(None)
+                return
+            line = candidate[len("candidate:") :] if candidate.startswith("candidate:") else candidate
+            if sdp_mid is None and sdp_mline_index is None:
+                raise InvalidCandidateError("ICE candidate has neither sdpMid nor sdpMLineIndex")
+            try:
+                parsed: RTCIceCandidate = aiortc_sdp.candidate_from_sdp(line)
+            except Exception as exc:
+                raise InvalidCandidateError(f"ICE candidate could not be parsed: {candidate[:200]!r}") from exc
+            parsed.sdpMid = sdp_mid
+            parsed.sdpMLineIndex = sdp_mline_index
+            await p.pc.addIceCandidate(parsed)
+
+    async def remove_participant(self, participant_id: str) -> None:
+        async with self._lock:
+            p = self._get(participant_id)
+            await self._remove(p)
+            self._emit(ParticipantLeft(self.conference_id, participant_id))
+            await self._reconcile()
+
+    async def subscribe(self, subscriber_id: str, publisher_id: str) -> None:
+        async with self._lock:
+            self._get(subscriber_id), self._get(publisher_id)
+            self._denied.discard((subscriber_id, publisher_id))
+            await self._reconcile()
+
+    async def unsubscribe(self, subscriber_id: str, publisher_id: str) -> None:
+        async with self._lock:
+            self._get(subscriber_id), self._get(publisher_id)
+            self._denied.add((subscriber_id, publisher_id))
+            await self._reconcile()
+
+    def streams_for(self, participant_id: str) -> tuple[StreamInfo, ...]:
+        p = self._get(participant_id)
+        return tuple(
+            replace(down.info, mid=t.mid) for t, down in p.down_transceivers.items() if down is not None
+        )
+
+    def published_tracks(self) -> tuple[PublishedTrack, ...]:
+        return tuple(up.info for p in self._participants.values() for up in p.ups.values())
+
+    def participant_ids(self) -> tuple[str, ...]:
+        return tuple(self._participants)
+
+    def stats(self) -> ConferenceStats:
+        parts = tuple(p.stats() for p in self._participants.values())
+        return ConferenceStats(
+            conference_id=self.conference_id,
+            participants=parts,
+            packets_in=sum(s.packets_in for s in parts),
+            bytes_in=sum(s.bytes_in for s in parts),
+            packets_out=sum(s.packets_out for s in parts),
+            bytes_out=sum(s.bytes_out for s in parts),
+            drops=sum(s.drops for s in parts),
+            keyframe_requests_received=sum(s.keyframe_requests_received for s in parts),
+            keyframe_requests_forwarded=sum(s.keyframe_requests_forwarded for s in parts),
+            nacks_received=sum(s.nacks_received for s in parts),
+            retransmissions=sum(s.retransmissions for s in parts),
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._tasks.close()
+        async with self._lock:
+            for p in list(self._participants.values()):
+                await self._remove(p, emit=False)
+            if self._mcu is not None:
+                await self._mcu.close()
+                self._mcu = None
+
+    # ---- signaling ------------------------------------------------------------------------------
+
+    def _check(self, sdp: str, sdp_type: str) -> str:
+        return check_remote_sdp(
+            sdp, sdp_type, max_bytes=self._options.max_sdp_bytes, max_sections=self._options.max_media_sections
+        )
+
+    async def _answer(self, p: Participant, offer: str, purposes: Mapping[str, str] | None) -> Negotiated:
+        if p.signaling_state != "stable":
+            raise NegotiationError(
+                f"participant {p.id!r} has a relay offer pending (signaling state {p.signaling_state!r}): "
+                "answer it before re-offering"
+            )
+        try:
+            await p.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        except Exception as exc:
+            raise _translate(exc) from exc
+        if purposes:
+            p.stream_purposes.update(purposes)
+        if p.mode == "mcu" and not p.mix_transceivers:
+            self._attach_mix(p, initial=False)
+        _prefer_forwardable(p)
+        answer = await p.pc.createAnswer()
+        await p.pc.setLocalDescription(answer)
+        p.negotiated_once = True
+        self._sync_publications(p)
+        return Negotiated(p.pc.localDescription.sdp, self.streams_for(p.id))
+
+    async def _offer(self, p: Participant, initial: bool = False) -> Negotiated:
+        if initial:
+            if p.mode == "mcu":
+                self._attach_mix(p, initial=True)
+            else:
+                p.pc.addTransceiver("audio", direction="recvonly")
+                p.pc.addTransceiver("video", direction="recvonly")
+        desired = self._desired_ups(p)
+        for up in [up for up in p.downs if up not in desired]:
+            self._detach(p, up)
+        for up in desired:
+            if up not in p.downs:
+                self._attach(p, up)
+        _prefer_forwardable(p)
+        offer = await p.pc.createOffer()
+        await p.pc.setLocalDescription(offer)
+        p.needs_offer = False
+        return Negotiated(p.pc.localDescription.sdp, self.streams_for(p.id))
+
+    async def _reconcile(self) -> None:
+        for q in list(self._participants.values()):
+            if q.closed or q.mode != "sfu" or not q.negotiated_once:
+                continue
+            if set(self._desired_ups(q)) != set(q.downs):
+                q.needs_offer = True
+            if q.needs_offer and q.signaling_state == "stable":
+                try:
+                    negotiated = await self._offer(q)
+                except Exception:
+                    logger.exception("conference %s: renegotiation with %s failed", self.conference_id, q.id)
+                    self._tasks.spawn(self._fail(q, "renegotiation failed"), f"fail:{q.id}")
+                    continue
+                self._emit(NegotiationNeeded(self.conference_id, q.id, negotiated.sdp, negotiated.streams))
+
+    def _desired_ups(self, p: Participant) -> list[UpTrack]:
+        if p.mode != "sfu":
+            return []
+        return [
+            up
+            for q in self._participants.values()
+            if q is not p and not q.closed and (p.id, q.id) not in self._denied
+            for up in q.ups.values()
+        ]
+
+    def _attach(self, p: Participant, up: UpTrack) -> None:
+        kind = up.info.kind
+        transceiver = p.pc.addTransceiver(hooks.ForwardedTrack(kind, up.info.track_id), direction="sendonly")
+        hooks.set_sender_stream_id(transceiver.sender, up.info.stream_id)
+        transceiver.setCodecPreferences(_capabilities_matching(kind, up.codec))
+        publisher = self._participants[up.info.participant_id]
+        info = StreamInfo(
+            stream_id=up.info.stream_id,
+            track_id=up.info.track_id,
+            mid=None,
+            kind=kind,
+            purpose=up.info.purpose,
+            publisher_id=up.info.participant_id,
+            publisher_track_id=up.info.origin_track_id or up.info.track_id,
+            publisher_metadata=dict(publisher.metadata),
+        )
+        down = DownTrack(up, p.writer, transceiver.sender, info, self._options.history_size)
+        hooks.hook_sender(transceiver.sender, down.start, down.on_feedback)
+        up.downs.append(down)
+        p.downs[up] = down
+        p.down_transceivers[transceiver] = down
+
+    def _detach(self, p: Participant, up: UpTrack) -> None:
+        down = p.downs.pop(up)
+        if down in up.downs:
+            up.downs.remove(down)
+        for t, d in p.down_transceivers.items():
+            if d is down:
+                # aiortc cannot recycle or remove an m-line: it stays, inactive.
+                t.direction = "inactive"
+                p.down_transceivers[t] = None
+
+    # ---- publications ---------------------------------------------------------------------------
+
+    def _on_track(self, p: Participant, track: MediaStreamTrack) -> None:
+        for t in p.pc.getTransceivers():
+            if t.receiver.track is track:
+                hooks.tap_receiver(t.receiver, functools.partial(self._dispatch, p, t))
+                return
+
+    @staticmethod
+    def _dispatch(p: Participant, t: RTCRtpTransceiver, packet: Any, codec: RTCRtpCodecParameters) -> None:
+        up = p.ups.get(t)
+        if up is not None:
+            up.on_packet(packet, codec)
+
+    def _sync_publications(self, p: Participant) -> None:
+        msids = p.remote_msids()
+        for t in p.pc.getTransceivers():
+            if t in p.down_transceivers:
+                continue
+            receiving = t.currentDirection in ("recvonly", "sendrecv")
+            if receiving and t not in p.ups:
+                self._publish(p, t, msids.get(t.mid or ""))
+            elif not receiving and t in p.ups:
+                self._unpublish(p, t)
+
+    def _publish(self, p: Participant, t: RTCRtpTransceiver, msid: Any) -> None:
+        codecs = hooks.negotiated_codecs(t)
+        if not codecs:
+            return
+        origin_stream = msid.stream_id if msid is not None else None
+        origin_track = msid.track_id if msid is not None else None
+        info = PublishedTrack(
+            participant_id=p.id,
+            track_id=f"{p.id}:{secrets.token_hex(6)}",
+            stream_id=_relay_stream_id(p, origin_stream),
+            kind="audio" if t.kind == "audio" else "video",
+            codec=codecs[0].mimeType,
+            purpose=p.stream_purposes.get(origin_stream or "", "m.usermedia"),
+            origin_stream_id=origin_stream,
+            origin_track_id=origin_track,
+        )
+        up = UpTrack(
+            info,
+            t.receiver,
+            codecs[0],
+            p.counters,
+            self._clock,
+            self._tasks,
+            self._options.keyframe_min_interval,
+        )
+        if info.kind == "audio":
+            up.on_audio_level = lambda level: self._on_level(p.id, level)
+        p.ups[t] = up
+        self._add_mcu_source(p, up)
+        self._emit(TrackPublished(self.conference_id, info))
+
+    def _unpublish(self, p: Participant, t: RTCRtpTransceiver) -> None:
+        up = p.ups.pop(t)
+        if self._mcu is not None and (p.id, up.info.kind) in self._mcu_sources:
+            self._mcu.remove_source(p.id, up.info.kind)
+            self._mcu_sources.discard((p.id, up.info.kind))
+        self._emit(TrackUnpublished(self.conference_id, up.info))
+
+    # ---- participant lifecycle ------------------------------------------------------------------
+
+    def _on_connection_state(self, p: Participant) -> None:
+        state = p.pc.connectionState
+        if state == "connected" and not p.connected.is_set():
+            p.connected.set()
+            self._emit(ParticipantConnected(self.conference_id, p.id))
+        elif state == "failed" and not p.closed:
+            self._tasks.spawn(self._fail(p, "ICE/DTLS connection failed"), f"fail:{p.id}")
+
+    async def _watch_connect(self, p: Participant) -> None:
+        timeout = self._options.connect_timeout
+        try:
+            await asyncio.wait_for(p.connected.wait(), timeout)
+        except TimeoutError:
+            await self._fail(p, f"not connected after {timeout:g} s (ICE/DTLS did not complete)")
+
+    async def _fail(self, p: Participant, reason: str) -> None:
+        async with self._lock:
+            if p.closed or self._participants.get(p.id) is not p:
+                return
+            logger.info("conference %s: participant %s failed: %s", self.conference_id, p.id, reason)
+            await self._remove(p)
+            self._emit(ParticipantFailed(self.conference_id, p.id, reason))
+            await self._reconcile()
+
+    async def _remove(self, p: Participant, emit: bool = True) -> None:
+        if self._participants.get(p.id) is p:
+            del self._participants[p.id]
+        for t in list(p.ups):
+            up = p.ups[t]
+            for down in list(up.downs):
+                up.downs.remove(down)
+            if emit:
+                self._unpublish(p, t)
+            else:
+                p.ups.pop(t)
+        for up in list(p.downs):
+            if p.downs[up] in up.downs:
+                up.downs.remove(p.downs[up])
+        p.downs.clear()
+        if self._mcu is not None:
+            for kind in ("audio", "video"):
+                if (p.id, kind) in self._mcu_sources:
+                    self._mcu.remove_source(p.id, kind)
+                    self._mcu_sources.discard((p.id, kind))
+            if p.mode == "mcu":
+                self._mcu.remove_sink(p.id)
+        self._speaker.remove(p.id)
+        if emit:
+            self._evaluate_speaker(force=True)
+        await p.close()
+
+    def _get(self, participant_id: str) -> Participant:
+        self._check_open()
+        p = self._participants.get(participant_id)
+        if p is None:
+            raise UnknownParticipantError(f"no participant {participant_id!r} in conference {self.conference_id!r}")
+        return p
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"conference {self.conference_id!r} is closed")
+
+    # ---- active speaker -------------------------------------------------------------------------
+
+    def _on_level(self, participant_id: str, level: int) -> None:
+        self._speaker.observe(participant_id, max(0, min(127, level)), self._clock.now())
+        self._evaluate_speaker()
+
+    def _evaluate_speaker(self, force: bool = False) -> None:
+        now = self._clock.now()
+        if not force and now - self._last_speaker_eval < SPEAKER_EVAL_INTERVAL:
+            return
+        self._last_speaker_eval = now
+        change = self._speaker.evaluate(now)
+        if change is not None:
+            self._emit(ActiveSpeakerChanged(self.conference_id, change.speaker))
+
+    # ---- MCU wiring -----------------------------------------------------------------------------
+
+    def _ensure_mcu(self) -> None:
+        if self._mcu is not None:
+            return
+        try:
+            from .mcu import McuSession
+        except ImportError as exc:
+            raise McuUnavailableError(f"mcu-mode participants need visio_matrix.relay.mcu: {exc}") from exc
+        self._mcu = McuSession(self._mcu_keyframe, self._clock)
+        for p in self._participants.values():
+            for up in p.ups.values():
+                self._add_mcu_source(p, up)
+
+    def _add_mcu_source(self, p: Participant, up: UpTrack) -> None:
+        key = (p.id, up.info.kind)
+        if self._mcu is None or key in self._mcu_sources:
+            return
+        self._mcu.add_source(p.id, up.info.kind, up.codec)
+        self._mcu_sources.add(key)
+        mcu, kind, source = self._mcu, up.info.kind, p.id
+        up.mcu_feed = lambda packet: mcu.feed(source, kind, packet)
+
+    def _mcu_keyframe(self, source_id: str) -> None:
+        p = self._participants.get(source_id)
+        if p is None:
+            return
+        for up in p.ups.values():
+            if up.info.kind == "video":
+                up.request_keyframe()
+                return
+
+    def _attach_mix(self, p: Participant, initial: bool) -> None:
+        audio, video = self._mcu.add_sink(p.id)
+        for track in (audio, video):
+            if initial:
+                t = p.pc.addTransceiver(track, direction="sendrecv")
+            else:
+                candidates = [
+                    t
+                    for t in p.pc.getTransceivers()
+                    if t.kind == track.kind and t.sender.track is None and t not in p.down_transceivers
+                ]
+                if not candidates:
+                    continue  # the endpoint offered no m-line of this kind
+                t = candidates[0]
+                t.sender.replaceTrack(track)
+                t.direction = "sendrecv"
+            p.mix_transceivers.add(t)
+
+
+def _relay_stream_id(p: Participant, origin_stream: str | None) -> str:
+    key = origin_stream or ""
+    for up in p.ups.values():
+        if (up.info.origin_stream_id or "") == key:
+            return up.info.stream_id
+    return f"{p.id}:{secrets.token_hex(6)}"
+
+
+def _capabilities_matching(kind: str, codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
+    """The sender capabilities equal to the publisher's codec (same mime and H264 profile), + RTX."""
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    mime = codec.mimeType.lower()
+    same = [c for c in caps if c.mimeType.lower() == mime]
+    if mime == "video/h264":
+        keys = ("packetization-mode", "profile-level-id")
+        exact = [c for c in same if all(c.parameters.get(k) == codec.parameters.get(k) for k in keys)]
+        same = exact or same
+    rtx = [c for c in caps if c.mimeType.lower().endswith("/rtx")]
+    return same[:1] + rtx
+
+
+def _prefer_forwardable(p: Participant) -> None:
+    """Offer/answer only forwardable codecs on the m-lines the participant publishes on."""
+    for t in p.pc.getTransceivers():
+        if t in p.down_transceivers or hooks.has_codec_preferences(t):
+            continue
+        caps = RTCRtpSender.getCapabilities(t.kind).codecs
+        allowed = FORWARDABLE[t.kind]
+        wanted = [c for c in caps if c.mimeType.lower() in allowed]
+        wanted += [c for c in caps if c.mimeType.lower().endswith("/rtx")] if t.kind == "video" else []
+        t.setCodecPreferences(wanted)
+
+
+def _translate(exc: Exception) -> RelayError:
+    if isinstance(exc, RelayError):
+        return exc
+    if isinstance(exc, OperationError):
+        return UnsupportedCodecError(f"no codec in common with the relay: {exc}")
+    if isinstance(exc, InvalidStateError):
+        return NegotiationError(f"SDP in the wrong signaling state: {exc}")
+    return InvalidSdpError(f"SDP refused: {exc!r}")
