@@ -8,6 +8,7 @@ each subscriber's ``RTCRtpSender`` encodes them again (VP8 and Opus).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
@@ -46,6 +47,15 @@ class TranscodingBackend:
     async def answer(self, peer: int, sdp: str) -> str | None:
         await self._pcs[f"sub{peer}"].setRemoteDescription(RTCSessionDescription(sdp, "answer"))
         return None
+
+    async def join(self, peer: int, sdp: str | None) -> dict[str, str]:
+        raise NotImplementedError("the transcoding backend uses /publish and /subscribe")
+
+    async def poll(self, peer: int) -> str | None:
+        raise NotImplementedError("the transcoding backend uses /publish and /subscribe")
+
+    def stats(self) -> dict[str, Any]:
+        return {"peer_connections": len(self._pcs)}
 
     async def close(self) -> None:
         await asyncio.gather(*(pc.close() for pc in self._pcs.values()), return_exceptions=True)

@@ -25,6 +25,11 @@ from .clip import ClipSpec, EncodedClip, EncodedClipTrack, encode_clip
 from .janus_client import JanusSession
 from .netpatch import use_host_address
 
+try:  # the relay package's helper (one peer connection gathers only on given addresses)
+    from visio_matrix.relay import restrict_ice
+except Exception:  # relay package absent or mid-edit: patch aioice process-wide instead
+    restrict_ice = None
+
 CONNECT_TIMEOUT_S = 90.0
 
 
@@ -78,9 +83,14 @@ class Worker:
         self.pub_tracks: dict[int, EncodedClipTrack] = {}
         self.subscribers: dict[int, probes.SubscriberState] = {}
         self.direct_pc: dict[int, RTCPeerConnection] = {}
+        self.participant_pcs: dict[int, tuple[RTCPeerConnection, int]] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.host = "127.0.0.1"
 
     def new_pc(self) -> RTCPeerConnection:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        if restrict_ice is not None:
+            pc = restrict_ice(pc, [self.host])
         self.pcs.append(pc)
         return pc
 
@@ -92,9 +102,9 @@ class Worker:
             await self.janus.create()
 
     # -- publishers -------------------------------------------------------------------------------
-    def _publisher_pc(self, pub_id: int) -> tuple[RTCPeerConnection, Any, Any]:
+    def _publisher_pc(self, pub_id: int, pc: RTCPeerConnection | None = None) -> tuple[RTCPeerConnection, Any, Any]:
         clip = load_clip(self.clip_dir, self.spec, seed=pub_id + 1)
-        pc = self.new_pc()
+        pc = pc or self.new_pc()
         audio = EncodedClipTrack("audio", clip.audio, clip.fps)
         video = EncodedClipTrack("video", clip.video, clip.fps)
         ta = pc.addTransceiver(audio, direction="sendonly")
@@ -194,6 +204,64 @@ class Worker:
         results = await asyncio.gather(*(self._subscribe_one(s, f) for s, f in subs))
         return {s: r for (s, _), r in zip(subs, results, strict=True)}
 
+    # -- one connection per participant (our relay): publish and receive on the same connection --
+    async def _apply_offer(self, home: int, pc: RTCPeerConnection, state: probes.SubscriberState | None,
+                           offer: str) -> None:
+        await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        if state is not None:
+            self._watch_all(pc, state)
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self._post("/answer", {"peer": home, "sdp": pc.localDescription.sdp})
+
+    async def _renegotiate(self, home: int, pc: RTCPeerConnection, state: probes.SubscriberState | None) -> None:
+        """Long-poll the relay's offers for this participant and answer each one."""
+        while True:
+            offer = (await self._post("/poll", {"peer": home})).get("offer")
+            if offer is not None:
+                await self._apply_offer(home, pc, state, offer)
+
+    async def _join_one(self, home: int, pub: int | None, sub: int | None, feeds: list[int]) -> float:
+        started = time.monotonic()
+        state = None
+        if sub is not None:
+            state = probes.SubscriberState(sub, join_started=started)
+            self.subscribers[sub] = state
+        pc = self.new_pc()
+        self.participant_pcs[home] = (pc, len(feeds))
+        if pub is not None:
+            pc, ta, tv = self._publisher_pc(pub, pc)
+            await pc.setLocalDescription(await pc.createOffer())
+            reply = await self._post("/join", {"peer": home, "sdp": pc.localDescription.sdp})
+            if state is not None:
+                self._watch_all(pc, state)
+            await pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
+            self._probe_publisher(pub, ta, tv)
+        else:
+            reply = await self._post("/join", {"peer": home, "sdp": None})
+            await self._apply_offer(home, pc, state, reply["offer"])
+        self.tasks.append(asyncio.create_task(self._renegotiate(home, pc, state)))
+        await wait_connected(pc)
+        return time.monotonic() - started
+
+    async def join(self, participants: list[tuple[int, int | None, int | None, list[int]]]) -> list[float]:
+        return list(await asyncio.gather(*(self._join_one(*p) for p in participants)))
+
+    async def wait_receiving(self, timeout: float = CONNECT_TIMEOUT_S) -> float:
+        """Wait until each participant's connection has a negotiated receiving m-line per feed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = [
+                home
+                for home, (pc, feeds) in self.participant_pcs.items()
+                if sum(1 for t in pc.getTransceivers() if t.kind == "video" and t.currentDirection == "recvonly")
+                < feeds
+            ]
+            if not missing:
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"participants {missing} still lack negotiated video m-lines")
+            await asyncio.sleep(0.1)
+
     # -- direct publisher -> subscriber baseline (signaling relayed by the orchestrator) ----------
     async def direct_offer(self, pub_id: int) -> str:
         pc, ta, tv = self._publisher_pc(pub_id)
@@ -247,6 +315,10 @@ class Worker:
         }
 
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
         await asyncio.gather(*(pc.close() for pc in self.pcs), return_exceptions=True)
         self.pcs.clear()
         if self.janus is not None:
@@ -255,8 +327,9 @@ class Worker:
             await self.http.close()
 
 
-async def _serve(conn: Connection) -> None:
+async def _serve(conn: Connection, host: str) -> None:
     worker = Worker()
+    worker.host = host
     loop = asyncio.get_running_loop()
     while True:
         message = await loop.run_in_executor(None, conn.recv)
@@ -275,6 +348,7 @@ async def _serve(conn: Connection) -> None:
 
 def worker_main(conn: Connection, host: str) -> None:
     """Entry point of a peer process (multiprocessing ``spawn`` target)."""
-    use_host_address(host)
+    if restrict_ice is None:
+        use_host_address(host)
     probes.install_receiver_probe()
-    asyncio.run(_serve(conn))
+    asyncio.run(_serve(conn, host))

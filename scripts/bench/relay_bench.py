@@ -9,11 +9,13 @@ carries with < 1 % loss is searched. Human-readable lines first, then one JSON l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,14 +101,17 @@ def _placement(scenario: Scenario, workers: int) -> tuple[dict[int, int], dict[i
 
 
 def _measure(
-    pool: WorkerPool, pid: int, scenario: Scenario, opts: Options, backend: str
+    pool: WorkerPool, pid: int, scenario: Scenario, opts: Options, backend: str, stats_url: str | None
 ) -> RunResult:
     """Connect everyone, let it settle, record while sampling the relay's CPU, then analyze."""
     pub_w, sub_w = _placement(scenario, len(pool))
-    pool.call([(w, "publish", {"pub_ids": [p for p in scenario.publishers if pub_w[p] == w]})
-               for w in range(len(pool))])  # fmt: skip
-    pool.call([(w, "subscribe", {"subs": [(s, list(f)) for s, f in scenario.feeds.items() if sub_w[s] == w]})
-               for w in range(len(pool))])  # fmt: skip
+    if backend == OURS:
+        _join_participants(pool, scenario, pub_w, sub_w)
+    else:
+        pool.call([(w, "publish", {"pub_ids": [p for p in scenario.publishers if pub_w[p] == w]})
+                   for w in range(len(pool))])  # fmt: skip
+        pool.call([(w, "subscribe", {"subs": [(s, list(f)) for s, f in scenario.feeds.items() if sub_w[s] == w]})
+                   for w in range(len(pool))])  # fmt: skip
     time.sleep(opts.warmup)
     t0 = max(pool.all("record", on=True))
     samples = [(time.monotonic(), process_cpu_seconds(pid))]
@@ -115,7 +120,27 @@ def _measure(
         time.sleep(max(0.0, t0 + i * opts.window - time.monotonic()))
         samples.append((time.monotonic(), process_cpu_seconds(pid)))
     t1 = min(pool.all("record", on=False))
-    return analyze(backend, scenario, pool.all("collect"), samples, (t0, t1))
+    result = analyze(backend, scenario, pool.all("collect"), samples, (t0, t1))
+    if stats_url:
+        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(stats_url, timeout=10) as resp:
+            result.extra["relay_stats"] = json.load(resp)
+    return result
+
+
+def _join_participants(pool: WorkerPool, scenario: Scenario, pub_w: dict[int, int], sub_w: dict[int, int]) -> None:
+    """One connection per participant: publishers join first, then receive-only participants."""
+    homes: dict[int, list[Any]] = {}
+    for p, h in scenario.pub_home.items():
+        homes.setdefault(h, [h, None, None, []])[1] = p
+    for s, h in scenario.sub_home.items():
+        entry = homes.setdefault(h, [h, None, None, []])
+        entry[2], entry[3] = s, list(scenario.feeds[s])
+    worker_of = {h: (pub_w[e[1]] if e[1] is not None else sub_w[e[2]]) for h, e in homes.items()}
+    for publishing in (True, False):
+        batch = [e for e in homes.values() if (e[1] is not None) == publishing]
+        pool.call([(w, "join", {"participants": [tuple(e) for e in batch if worker_of[e[0]] == w]})
+                   for w in range(len(pool))])  # fmt: skip
+    pool.all("wait_receiving")
 
 
 def analyze(
@@ -177,7 +202,8 @@ def run_backend(backend: str, scenario: Scenario, opts: Options) -> RunResult:
             pid, url, mode, host = relay.pid, relay.url, "bench", "127.0.0.1"
         pool = WorkerPool(workers, host)
         pool.all("setup", mode=mode, url=url, room=ROOM, clip_dir=opts.clip_dir, spec=opts.spec)
-        result = _measure(pool, pid, scenario, opts, backend)
+        stats_url = None if backend == JANUS else f"{url}/stats"
+        result = _measure(pool, pid, scenario, opts, backend, stats_url)
     except Exception as exc:
         detail = f"{type(exc).__name__}: {exc}"
         if janus is not None:
@@ -233,6 +259,7 @@ def describe(r: RunResult) -> str:
         f"join->first keyframe p50 {_fmt(r.join_p50_s, '.2f')} s max {_fmt(r.join_max_s, '.2f')} s"
         f"{f' ({r.join_missing} streams without keyframe)' if r.join_missing else ''}, "
         f"[{cpu.windows} windows, {r.extra.get('wall_s')} s wall]"
+        + (f"\n      relay counters: {r.extra['relay_stats']}" if r.extra.get("relay_stats") else "")
     )
 
 

@@ -7,6 +7,10 @@ Protocol (JSON over HTTP, loopback only):
 - ``POST /subscribe {peer, feeds}`` -> ``{offer}``: the backend offers the feeds' tracks;
 - ``POST /answer {peer, sdp}`` -> ``{offer}`` or ``{}``: the subscriber's answer; a renegotiation
   the backend wants next comes back as a new offer.
+- one-connection-per-participant backends (ours): ``POST /join {peer, sdp|null}`` -> ``{sdp}`` (answer
+  to the peer's offer) or ``{offer}``; ``POST /poll {peer}`` -> ``{offer}`` or ``{}`` after 20 s: the
+  backend's next renegotiation offer, answered through ``/answer``;
+- ``GET /stats`` -> the backend's own counters (JSON object).
 
 Only this process runs the relay, so ``/proc/<pid>/stat`` of this process is the relay's CPU.
 """
@@ -17,7 +21,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -30,6 +34,12 @@ class Backend(Protocol):
     async def subscribe(self, peer: int, feeds: list[int]) -> str | None: ...
 
     async def answer(self, peer: int, sdp: str) -> str | None: ...
+
+    async def join(self, peer: int, sdp: str | None) -> dict[str, str]: ...
+
+    async def poll(self, peer: int) -> str | None: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
 
@@ -55,6 +65,22 @@ async def handle_answer(request: web.Request) -> web.Response:
     return web.json_response({"offer": offer} if offer is not None else {})
 
 
+async def handle_join(request: web.Request) -> web.Response:
+    body = await request.json()
+    sdp = body.get("sdp")
+    return web.json_response(await request.app[BACKEND_KEY].join(int(body["peer"]), sdp))
+
+
+async def handle_poll(request: web.Request) -> web.Response:
+    body = await request.json()
+    offer = await request.app[BACKEND_KEY].poll(int(body["peer"]))
+    return web.json_response({"offer": offer} if offer is not None else {})
+
+
+async def handle_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[BACKEND_KEY].stats())
+
+
 def make_backend(name: str, host: str, port_min: int, port_max: int) -> Backend:
     if name == "transcoding":
         from .backend_transcoding import TranscodingBackend
@@ -74,6 +100,9 @@ async def serve(backend_name: str, host: str, port: int, port_min: int, port_max
     app.router.add_post("/publish", handle_publish)
     app.router.add_post("/subscribe", handle_subscribe)
     app.router.add_post("/answer", handle_answer)
+    app.router.add_post("/join", handle_join)
+    app.router.add_post("/poll", handle_poll)
+    app.router.add_get("/stats", handle_stats)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
@@ -97,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True, help="HTTP signaling port on 127.0.0.1")
     parser.add_argument("--udp-ports", default="41000-42999", help="UDP range for the visio relay")
     args = parser.parse_args(argv)
-    use_host_address(args.host)
+    if args.backend == "transcoding":  # our relay restricts its own candidates (RelayOptions.host_addresses)
+        use_host_address(args.host)
     port_min, port_max = (int(x) for x in args.udp_ports.split("-"))
     asyncio.run(serve(args.backend, args.host, args.port, port_min, port_max))
     sys.stdout.flush()

@@ -17,7 +17,7 @@ from nio.crypto.memorystores import GroupSessionStore
 from synapse_fixtures import SynapseFactory, synapse, synapse_factory  # noqa: F401
 
 from visio_matrix.devstack.synapse import LocalSynapse, free_port
-from visio_matrix.devstack.user import MatrixUser, MessageView
+from visio_matrix.devstack.user import MatrixUser, MatrixUserError, MessageView
 
 pytestmark = pytest.mark.synapse
 
@@ -97,6 +97,20 @@ async def test_encrypted_room_exchange(synapse: LocalSynapse, tmp_path: Path) ->
         seen = await alice.wait_for_message(room_id, body_is(reply))
         assert seen.decrypted and seen.sender == bob.user_id
 
+        # Events nio cannot parse after decryption still arrive, decrypted, with their raw content.
+        candidates = {
+            "call_id": uuid.uuid4().hex,
+            "party_id": "p",
+            "version": "1",
+            "candidates": [{"candidate": ""}],
+        }
+        candidates_id = await alice.send_event(room_id, "m.call.candidates", candidates)
+        assert stored_event_json(synapse, candidates_id)["type"] == "m.room.encrypted"
+        call_event = await bob.wait_for_message(room_id, lambda v: v.event_id == candidates_id)
+        assert call_event.type == "m.call.candidates"
+        assert call_event.encrypted and call_event.decrypted
+        assert call_event.content["candidates"] == [{"candidate": ""}]
+
         token = await bob.get_openid_token()
         assert token["matrix_server_name"] == synapse.server_name and token["access_token"]
     finally:
@@ -147,6 +161,8 @@ async def test_restored_and_new_devices_decrypt(synapse: LocalSynapse, tmp_path:
 
         device_id, token = bob.device_id, bob.access_token
         await bob.close()
+        with pytest.raises(MatrixUserError, match="no E2EE store"):
+            await MatrixUser.restore(synapse.base_url, bob.user_id, device_id, token, tmp_path / "empty")
         bob_again = await MatrixUser.restore(synapse.base_url, bob.user_id, device_id, token, bob_store)
         assert bob_again.device_id == device_id
         after = unique("after restart ")
@@ -276,3 +292,31 @@ async def test_appservice_registration_is_loaded_and_pinged(
     finally:
         await hs.stop()
         await runner.cleanup()
+
+
+async def test_restart_keeps_users_tokens_and_server_key(synapse_factory: SynapseFactory) -> None:  # noqa: F811
+    hs = await synapse_factory.start()
+    try:
+        user_id = await hs.register_user(unique("keep"), PASSWORD)
+        async with aiohttp.ClientSession() as session:
+            login = {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user_id},
+                "password": PASSWORD,
+            }
+            async with session.post(f"{hs.base_url}/_matrix/client/v3/login", json=login) as response:
+                token = (await response.json())["access_token"]
+            async with session.get(f"{hs.base_url}/_matrix/key/v2/server") as response:
+                key_before = (await response.json())["verify_keys"]
+        await hs.stop()
+        assert not hs.running
+        await hs.stop()  # idempotent
+        await hs.start()
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+            async with session.get(f"{hs.base_url}/_matrix/client/v3/account/whoami") as response:
+                assert response.status == 200
+                assert (await response.json())["user_id"] == user_id
+            async with session.get(f"{hs.base_url}/_matrix/key/v2/server") as response:
+                assert (await response.json())["verify_keys"] == key_before
+    finally:
+        await hs.stop()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 from synapse.config.homeserver import HomeServerConfig
 from synapse.config.server import TCPListenerConfig
 
 from visio_matrix.devstack.synapse import LocalSynapse, deep_merge, free_port
+
+# Importing Synapse's config code in the test process triggers Twisted/jsonschema deprecation warnings.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def load(hs: LocalSynapse) -> HomeServerConfig:

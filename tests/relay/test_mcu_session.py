@@ -22,6 +22,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from visio_matrix.relay.mcu import McuSession, MonotonicClock
+from visio_matrix.relay.mcu.decoder import RtpItem, SourcePipeline
 from visio_matrix.relay.mcu.layout import grid
 
 pytestmark = pytest.mark.media
@@ -307,6 +308,25 @@ async def test_missing_keyframe_is_requested_throttled_and_recovers() -> None:
         assert near(tile_colours(rec.frames[-1], 1)[0], COLOURS["b"])
     finally:
         await rig.mcu.close()
+
+
+def test_audio_pipeline_drops_late_and_duplicate_packets_but_follows_a_restart() -> None:
+    pipeline = SourcePipeline("a", "audio", OPUS)
+    sender = ToneSender(500.0)
+    first, second = sender.packets()[0], sender.packets()[0]
+
+    def process(packet: RtpPacket, seq: int) -> None:
+        pipeline.process(RtpItem(seq, packet.timestamp, packet.payload), 0.0)
+
+    process(first, 1000)
+    process(second, 1001)
+    process(second, 1001)  # duplicate
+    process(first, 1000)  # late
+    assert (pipeline.frames_decoded, pipeline.late_packets) == (2, 2)
+    process(first, 200)  # 800 behind: the sender restarted its sequence
+    process(second, 201)
+    assert (pipeline.frames_decoded, pipeline.late_packets) == (4, 2)
+    assert len(pipeline.fifo) == 4 * 960
 
 
 # -- bad input ----------------------------------------------------------------------------------

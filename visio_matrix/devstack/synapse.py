@@ -333,7 +333,7 @@ class LocalSynapse:
         started = time.monotonic()
         self._stdout_file = self.stdout_path.open("ab")
         # Popen (not asyncio's subprocess) so the process outlives the event loop that started it.
-        self._process = subprocess.Popen(  # noqa: ASYNC220
+        self._process = subprocess.Popen(
             [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
             cwd=self.workdir,
             stdin=subprocess.DEVNULL,

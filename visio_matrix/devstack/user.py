@@ -21,6 +21,7 @@ import aiohttp
 from nio import (
     AsyncClient,
     AsyncClientConfig,
+    BadEvent,
     ErrorResponse,
     Event,
     InviteMemberEvent,
@@ -28,6 +29,7 @@ from nio import (
     RoomMemberEvent,
     RoomPreset,
     SyncResponse,
+    UnknownBadEvent,
 )
 from nio.exceptions import EncryptionError
 from nio.store import SqliteStore
@@ -65,7 +67,12 @@ def message_view(event: Event) -> MessageView | None:
         encrypted, decrypted, content = True, False, dict(source.get("content") or {})
         event_type = "m.room.encrypted"
     else:
-        decrypted = bool(getattr(event, "decrypted", False))
+        # nio turns a decrypted payload that fails its schema (e.g. the spec's end-of-candidates
+        # `{"candidate": ""}`) into a BadEvent without the `decrypted` flag; Megolm plaintext names
+        # its room_id, events from /sync do not, which tells the two apart.
+        decrypted = bool(getattr(event, "decrypted", False)) or (
+            isinstance(event, (BadEvent, UnknownBadEvent)) and "room_id" in source
+        )
         encrypted = decrypted
         content = dict(source.get("content") or {})
         event_type = str(source.get("type", ""))
@@ -119,7 +126,6 @@ class MatrixUser:
         self._changed = asyncio.Condition()
         self._keys_lock = asyncio.Lock()
         self._sync_task: asyncio.Task[None] | None = None
-        self._first_sync = True
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -149,11 +155,13 @@ class MatrixUser:
         cls, base_url: str, user_id: str, device_id: str, access_token: str, store_dir: Path
     ) -> MatrixUser:
         """Resume an existing device (keys and sessions from `store_dir`) and start syncing."""
+        # nio would silently make a fresh Olm account for a missing store: a second identity for
+        # an existing device, which the homeserver then refuses. Refuse it here instead.
+        if not (Path(store_dir) / f"{user_id}_{device_id}.db").exists():
+            raise MatrixUserError(f"no E2EE store for {user_id}/{device_id} in {store_dir}")
         client = cls._client(base_url, user_id, Path(store_dir), device_id)
         try:
             client.restore_login(user_id, device_id, access_token)
-            if client.olm is None:
-                raise MatrixUserError(f"no E2EE store for {user_id}/{device_id} in {store_dir}")
             user = cls(client)
             await user._start()
         except BaseException:
@@ -262,7 +270,7 @@ class MatrixUser:
                 except EncryptionError:
                     continue
                 view = message_view(decrypted)
-                if view is not None and view.decrypted:
+                if view is not None and not isinstance(decrypted, MegolmEvent):
                     room_log.replace(view)
                     log.info("%s: late decryption of %s", self.user_id, event_id)
 

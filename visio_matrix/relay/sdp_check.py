@@ -57,19 +57,21 @@ def check_remote_sdp(sdp: str, sdp_type: str, *, max_bytes: int, max_sections: i
             raise InvalidSdpError(f"{where}: a=mid is required")
         if sdp_type != "offer" or media.port == 0:
             continue
-        keep = {c.payloadType for c in media.rtp.codecs if c.mimeType.lower() in FORWARDABLE[media.kind]}
+        listed = {int(f) for f in media.fmt if isinstance(f, int) or str(f).isdigit()}
+        codecs = [c for c in media.rtp.codecs if c.payloadType in listed]
+        keep = {c.payloadType for c in codecs if c.mimeType.lower() in FORWARDABLE[media.kind]}
         keep |= {
             c.payloadType
-            for c in media.rtp.codecs
+            for c in codecs
             if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") in keep
         }
         if not keep:
-            offered = ", ".join(sorted({c.mimeType for c in media.rtp.codecs})) or "none"
+            offered = ", ".join(sorted({c.mimeType for c in codecs})) or "none"
             raise UnsupportedCodecError(
                 f"{where}: no forwardable codec offered ({offered}); "
                 f"the relay forwards {', '.join(FORWARDABLE[media.kind])}"
             )
-        removed = {int(f) for f in media.fmt if isinstance(f, int) or str(f).isdigit()} - keep
+        removed = listed - keep
         if removed:
             drop[index] = removed
     return _remove_payload_types(sdp, drop) if drop else sdp

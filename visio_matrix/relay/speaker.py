@@ -27,7 +27,7 @@ class ActiveSpeakerDetector:
     def __init__(
         self,
         *,
-        window: float = 1.0,
+        window: float = 0.5,
         min_score: float = 127 - 50,  # -50 dBov on average over the window
         margin: float = 6.0,
         min_hold: float = 1.0,

@@ -1,7 +1,9 @@
 """Decoding of one publisher's stream, and the thread that decodes every source of a session.
 
-`SourcePipeline` turns RTP packets of one (source, kind) into decoded media: aiortc's JitterBuffer
-reassembles frames, aiortc's depayloader and decoder (`aiortc.codecs`) decode them. Audio lands in a
+`SourcePipeline` turns RTP packets of one (source, kind) into decoded media: for video, aiortc's
+JitterBuffer reassembles frames; audio packets are whole frames, decoded on arrival (late or
+duplicate packets are dropped: waiting for reordering would add a packet time of latency, and the
+mixer's FIFO already absorbs jitter); aiortc's depayloader and decoder (`aiortc.codecs`) decode. Audio lands in a
 `SampleFifo` (mono s16 48 kHz, whatever the codec's rate); video keeps only the latest picture.
 VP8 is gated on keyframes: until a keyframe arrives (at start, after loss or a decode error) frames
 are skipped and the pipeline asks for a keyframe instead of feeding garbage to the decoder.
@@ -23,13 +25,15 @@ from typing import NamedTuple
 import av
 import numpy as np
 from aiortc.codecs import depayload, get_decoder
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from .mixer import SAMPLE_RATE, SampleFifo
 
 logger = logging.getLogger(__name__)
+
+MAX_MISORDER = 100  # as aiortc's JitterBuffer: a sequence number further back resets the stream
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,9 @@ class SourcePipeline:
         self.codec = codec
         self.decoder = get_decoder(codec)  # ValueError for codecs aiortc cannot decode
         self.is_vp8 = codec.name.upper() == "VP8"
-        self.jitter = (
-            JitterBuffer(capacity=16, prefetch=0)
-            if kind == "audio"
-            else JitterBuffer(capacity=128, is_video=True)
-        )
+        self.jitter = JitterBuffer(capacity=128, is_video=True)
+        self.last_audio_seq: int | None = None
+        self.late_packets = 0
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self.fifo = SampleFifo()
         self.picture: Picture | None = None
@@ -89,13 +91,24 @@ class SourcePipeline:
         except ValueError:
             self.bad_packets += 1
             return False
-        packet = RtpPacket(sequence_number=item.sequence_number, timestamp=item.timestamp)
-        packet._data = data  # type: ignore[attr-defined]  # what JitterBuffer reassembles
-        lost, frame = self.jitter.add(packet)
         need_keyframe = False
-        if lost and self.kind == "video":
-            self.have_keyframe = False
-            need_keyframe = True
+        if self.kind == "audio":
+            if not data:
+                return False
+            last = self.last_audio_seq
+            behind = (last - item.sequence_number) % 65536 if last is not None else MAX_MISORDER
+            if behind < MAX_MISORDER:  # a duplicate or a late packet; further back means a restart
+                self.late_packets += 1
+                return False
+            self.last_audio_seq = item.sequence_number
+            frame: JitterFrame | None = JitterFrame(data, item.timestamp)
+        else:
+            packet = RtpPacket(sequence_number=item.sequence_number, timestamp=item.timestamp)
+            packet._data = data  # type: ignore[attr-defined]  # what JitterBuffer reassembles
+            lost, frame = self.jitter.add(packet)
+            if lost:
+                self.have_keyframe = False
+                need_keyframe = True
         if frame is None:
             return need_keyframe
         if self.kind == "video":

@@ -50,6 +50,7 @@ class McuStats:
     packets_ignored: int  # unknown source, wrong payload type, not an RTP packet
     packets_dropped: int  # decode queue full
     bad_packets: int  # payload the depayloader rejected
+    late_packets: int  # audio packets arriving after a later one (or duplicates): dropped
     decode_errors: int
     frames_decoded: Mapping[str, int]  # "source_id/kind" -> decoded frames
     keyframe_requests: int
@@ -180,6 +181,7 @@ class McuSession:
             packets_ignored=self._packets_ignored,
             packets_dropped=self._worker.dropped,
             bad_packets=sum(p.bad_packets for p in pipelines),
+            late_packets=sum(p.late_packets for p in pipelines),
             decode_errors=sum(p.decode_errors for p in pipelines) + self._worker.errors,
             frames_decoded={f"{p.source_id}/{p.kind}": p.frames_decoded for p in pipelines},
             keyframe_requests=self._keyframe_requests,

@@ -1,0 +1,145 @@
+"""Each aiortc/aioice internal the relay relies on: present with the expected shape, and working.
+
+If one of these fails after an aiortc or aioice upgrade, update ``visio_matrix/relay/aiortc_hooks.py``
+(and the pin in pyproject.toml) before anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from importlib.metadata import version
+
+import pytest
+from aioice import ice as aioice_ice
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtp import RtpPacket
+
+from visio_matrix.relay import aiortc_hooks as hooks
+from visio_matrix.relay.errors import PortRangeExhaustedError
+
+from .peers import ColorVideoTrack
+
+
+def test_pinned_versions() -> None:
+    assert version("aiortc") == "1.16.0", "aiortc_hooks.py was written against aiortc 1.16.0"
+    assert version("aioice").startswith("0.13."), "aiortc_hooks.py was written against aioice 0.13"
+
+
+def params(func: object) -> list[str]:
+    return list(inspect.signature(func).parameters)  # type: ignore[arg-type]
+
+
+def test_private_methods_have_the_expected_signatures() -> None:
+    assert params(RTCRtpReceiver._handle_rtp_packet) == ["self", "packet", "arrival_time_ms"]
+    assert params(RTCRtpReceiver._send_rtcp_nack) == ["self", "media_ssrc", "lost"]
+    assert params(RTCRtpReceiver._send_rtcp_pli) == ["self", "media_ssrc"]
+    assert params(RTCRtpReceiver._send_rtcp) == ["self", "packet"]
+    assert params(RTCRtpSender._handle_rtcp_packet) == ["self", "packet"]
+    assert params(RTCRtpSender.send) == ["self", "parameters"]
+    assert params(RTCDtlsTransport._send_rtp) == ["self", "data"]
+    assert params(aioice_ice.Connection.get_component_candidates) == ["self", "component", "addresses", "timeout"]
+    assert params(aioice_ice.StunProtocol.__init__) == ["self", "receiver"]
+
+
+async def test_private_attributes_exist_on_fresh_objects() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        transceiver = pc.addTransceiver("video", direction="sendrecv")
+        receiver, sender = transceiver.receiver, transceiver.sender
+        for name in ("codecs", "rtx_ssrc", "remote_streams", "remote_bitrate_estimator", "nack_generator", "rtcp_ssrc"):
+            assert hasattr(receiver, f"_RTCRtpReceiver__{name}"), name
+        for name in ("ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count", "rtt", "started"):
+            assert hasattr(sender, f"_RTCRtpSender__{name}"), name
+        assert isinstance(sender._ssrc, int) and isinstance(sender._rtx_ssrc, int)
+        assert isinstance(sender._stream_id, str)
+        assert isinstance(transceiver._codecs, list) and isinstance(transceiver._preferred_codecs, list)
+        connection = receiver.transport.transport.iceGatherer._connection
+        assert isinstance(connection, aioice_ice.Connection)
+        assert connection._local_candidates_start is False and connection._protocols == []
+    finally:
+        await pc.close()
+
+
+def test_record_sent_and_rtt_use_the_sender_report_counters() -> None:
+    async def run() -> None:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        sender = pc.addTransceiver("audio").sender
+        hooks.record_sent(sender, 1234, 100, 5678)
+        hooks.record_sent(sender, 1300, 50, 5679)
+        assert sender._RTCRtpSender__packet_count == 2  # type: ignore[attr-defined]
+        assert sender._RTCRtpSender__octet_count == 150  # type: ignore[attr-defined]
+        assert sender._RTCRtpSender__rtp_timestamp == 1300  # type: ignore[attr-defined]
+        assert hooks.sender_rtt(sender) is None
+        stats = await sender.getStats()
+        outbound = [s for s in stats.values() if s.type == "outbound-rtp"]
+        assert outbound[0].packetsSent == 2 and outbound[0].bytesSent == 150
+        await pc.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.media
+async def test_restrict_ice_and_taps_forward_packets_without_decoding() -> None:
+    """A real sender -> receiver pair on 127.0.0.1 in a port range; the receiver is tapped."""
+    ports = hooks.PortRange(43000, 43099)
+    a = hooks.restrict_ice(RTCPeerConnection(RTCConfiguration(iceServers=[])), ["127.0.0.1"], ports)
+    b = hooks.restrict_ice(RTCPeerConnection(RTCConfiguration(iceServers=[])), ["127.0.0.1"])
+    got: list[tuple[RtpPacket, str]] = []
+    tapped = asyncio.Event()
+
+    def on_track(track: object) -> None:
+        for t in b.getTransceivers():
+            if t.receiver.track is track:
+                hooks.tap_receiver(t.receiver, lambda p, c: got.append((p, c.mimeType)))
+                tapped.set()
+
+    b.on("track", on_track)
+    sender = a.addTrack(ColorVideoTrack((200, 0, 0)))
+    feedback: list[str] = []
+    started = asyncio.Event()
+    hooks.hook_sender(sender, lambda params: started.set(), lambda kind, lost: feedback.append(kind))
+    try:
+        await a.setLocalDescription(await a.createOffer())
+        offer = a.localDescription.sdp
+        candidates = [line for line in offer.splitlines() if line.startswith("a=candidate:")]
+        assert candidates, offer
+        for line in candidates:
+            fields = line.split()
+            assert fields[4] == "127.0.0.1" and 43000 <= int(fields[5]) <= 43099, line
+        await b.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await b.setLocalDescription(await b.createAnswer())
+        assert "127.0.0.1" in b.localDescription.sdp
+        await a.setRemoteDescription(b.localDescription)
+        await asyncio.wait_for(tapped.wait(), 10)
+        await asyncio.wait_for(started.wait(), 20)
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(got) < 10 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(got) >= 10 and all(mime == "video/VP8" for _, mime in got)
+        # The decoder is bypassed: the receiver's track never yields a frame.
+        receiver_track = b.getTransceivers()[0].receiver.track
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(receiver_track.recv(), 0.3)
+        # A PLI from the tapped side reaches the sender hook as "pli".
+        await hooks.request_keyframe(b.getTransceivers()[0].receiver, got[-1][0].ssrc)
+        deadline = asyncio.get_running_loop().time() + 10
+        while "pli" not in feedback and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert "pli" in feedback
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_port_range_exhaustion_is_a_relay_error() -> None:
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    try:
+        with pytest.raises(PortRangeExhaustedError, match=f"no free UDP port on 127.0.0.1 in {port}-{port}"):
+            await hooks.PortRange(port, port).bind("127.0.0.1", asyncio.DatagramProtocol)
+    finally:
+        busy.close()

@@ -1,0 +1,59 @@
+"""Three real aiortc peers through the relay: each gets the other two's colour and tone."""
+
+from __future__ import annotations
+
+import pytest
+
+from visio_matrix.relay import Relay
+
+from .peers import Peer, Signaling
+
+pytestmark = pytest.mark.media
+
+COLORS = {"alice": (230, 20, 20), "bob": (20, 230, 20), "carol": (20, 20, 230)}
+TONES = {"alice": 440.0, "bob": 1000.0, "carol": 2500.0}
+
+
+def publisher_of(signaling: Signaling, subscriber: str) -> dict[str, tuple[str, str]]:
+    return {s.track_id: (s.publisher_id, s.kind) for s in signaling.conference.streams_for(subscriber)}
+
+
+async def test_three_participants_receive_each_others_colour_and_tone(relay: Relay) -> None:
+    conference = await relay.create_conference("room")
+    signaling = Signaling(relay, conference)
+    try:
+        for name in COLORS:
+            await signaling.join(Peer(name, COLORS[name], TONES[name]))
+
+        def all_flowing() -> bool:
+            for name, peer in signaling.peers.items():
+                got = [r for r in peer.received.values() if r.frames >= 20 and (r.kind == "video" and r.last_rgb or r.kind == "audio" and len(r.audio) >= 50)]
+                if len(got) < 4:
+                    return False
+            return True
+
+        await signaling.wait_for(all_flowing, 30, "every peer decoding 2 audio + 2 video streams")
+        for name, peer in signaling.peers.items():
+            owners = publisher_of(signaling, name)
+            seen = set()
+            for track_id, record in peer.received.items():
+                if record.frames < 20:
+                    continue
+                publisher, kind = owners[track_id]
+                assert publisher != name
+                seen.add((publisher, kind))
+                if kind == "video":
+                    assert record.last_rgb is not None
+                    expected = COLORS[publisher]
+                    assert all(abs(a - b) < 40 for a, b in zip(record.last_rgb, expected, strict=True)), (
+                        f"{name} got colour {record.last_rgb} on {publisher}'s stream, expected {expected}"
+                    )
+                else:
+                    freq = record.dominant_frequency()
+                    assert abs(freq - TONES[publisher]) < 30, f"{name} heard {freq} Hz from {publisher}"
+            others = {p for p in COLORS if p != name}
+            assert seen == {(p, k) for p in others for k in ("audio", "video")}
+        stats = conference.stats()
+        assert stats.packets_out > 0 and stats.packets_in > 0
+    finally:
+        await signaling.close()
