@@ -15,6 +15,7 @@ from synapse_fixtures import SynapseFactory, synapse_factory  # noqa: F401
 
 from visio_matrix.app import Service
 from visio_matrix.config import Config, load_config
+from visio_matrix.crypto.cross_signing import verify_json
 from visio_matrix.devstack.service_files import write_service_files
 from visio_matrix.devstack.synapse import LocalSynapse, free_port
 from visio_matrix.devstack.user import MatrixUser, MessageView
@@ -231,6 +232,22 @@ async def test_bad_event_among_good_ones(stack: Stack, service: Service) -> None
         await alice.close()
 
 
+async def assert_cross_signed(user: MatrixUser, bot: str, device_id: str, master: str) -> None:
+    """What any client sees: master key -> self-signing key -> the bot's device, all signed."""
+    url = f"{user.client.homeserver}/_matrix/client/v3/keys/query"
+    headers = {"Authorization": f"Bearer {user.access_token}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, json={"device_keys": {bot: []}}, headers=headers) as r,
+    ):
+        keys = await r.json()
+    assert list(keys["master_keys"][bot]["keys"].values()) == [master]
+    ssk_obj = keys["self_signing_keys"][bot]
+    assert verify_json(ssk_obj, bot, master)
+    (ssk,) = ssk_obj["keys"].values()
+    assert verify_json(keys["device_keys"][bot][device_id], bot, ssk)
+
+
 async def test_restarted_bot_keeps_its_device_and_still_decrypts(stack: Stack) -> None:
     svc = Service(stack.config())
     await svc.start()
@@ -238,6 +255,7 @@ async def test_restarted_bot_keeps_its_device_and_still_decrypts(stack: Stack) -
     try:
         room_id = await room_with_bot(alice, svc)
         device_before, keys_before = svc.device.device_id, svc.device.identity_keys()
+        master_before = svc.device.master_key
         await alice.send_text(room_id, "!visio status")
         await alice.wait_for_message(room_id, bot_reply("No call in this room"), timeout=30)
         await svc.stop()
@@ -245,7 +263,10 @@ async def test_restarted_bot_keeps_its_device_and_still_decrypts(stack: Stack) -
         svc = Service(stack.config())
         await svc.start()
         assert svc.device.device_id == device_before
+        assert svc.device.master_key == master_before
         assert svc.device.identity_keys() == keys_before
+        assert svc.device.master_key is not None
+        await assert_cross_signed(alice, svc.bot_user_id, device_before, svc.device.master_key)
         # Alice's client still knows exactly one device of the bot: the same one.
         devices = alice.client.device_store.active_user_devices(svc.bot_user_id)
         assert [d.id for d in devices] == [device_before]

@@ -16,7 +16,7 @@ from nio import RoomGetStateEventResponse
 from nio.crypto.memorystores import GroupSessionStore
 from synapse_fixtures import SynapseFactory, synapse, synapse_factory  # noqa: F401
 
-from visio_matrix.devstack.synapse import LocalSynapse, free_port
+from visio_matrix.devstack.synapse import LocalSynapse, SynapseError, free_port
 from visio_matrix.devstack.user import MatrixUser, MatrixUserError, MessageView
 
 pytestmark = pytest.mark.synapse
@@ -320,3 +320,11 @@ async def test_restart_keeps_users_tokens_and_server_key(synapse_factory: Synaps
                 assert (await response.json())["verify_keys"] == key_before
     finally:
         await hs.stop()
+
+
+async def test_failed_start_raises_with_log_tail(tmp_path: Path) -> None:
+    hs = LocalSynapse(tmp_path / "broken", extra_config={"database": {"name": "nosuchdb"}})
+    with pytest.raises(SynapseError, match="exited with code") as failure:
+        await hs.start(timeout=60)
+    assert "nosuchdb" in str(failure.value)
+    assert not hs.running

@@ -127,7 +127,9 @@ class Peer:
                 elif isinstance(frame, AudioFrame):
                     data = frame.to_ndarray()
                     channels = len(frame.layout.channels)
-                    mono = data.reshape(-1, channels)[:, 0] if data.ndim == 2 and data.shape[0] == 1 else data[0]
+                    mono = (
+                        data.reshape(-1, channels)[:, 0] if data.ndim == 2 and data.shape[0] == 1 else data[0]
+                    )
                     record.audio.append(mono)
                     record.audio_rate = frame.sample_rate
                     if len(record.audio) > 100:

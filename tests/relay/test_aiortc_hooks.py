@@ -40,7 +40,12 @@ def test_private_methods_have_the_expected_signatures() -> None:
     assert params(RTCRtpSender._handle_rtcp_packet) == ["self", "packet"]
     assert params(RTCRtpSender.send) == ["self", "parameters"]
     assert params(RTCDtlsTransport._send_rtp) == ["self", "data"]
-    assert params(aioice_ice.Connection.get_component_candidates) == ["self", "component", "addresses", "timeout"]
+    assert params(aioice_ice.Connection.get_component_candidates) == [
+        "self",
+        "component",
+        "addresses",
+        "timeout",
+    ]
     assert params(aioice_ice.StunProtocol.__init__) == ["self", "receiver"]
 
 
@@ -49,7 +54,14 @@ async def test_private_attributes_exist_on_fresh_objects() -> None:
     try:
         transceiver = pc.addTransceiver("video", direction="sendrecv")
         receiver, sender = transceiver.receiver, transceiver.sender
-        for name in ("codecs", "rtx_ssrc", "remote_streams", "remote_bitrate_estimator", "nack_generator", "rtcp_ssrc"):
+        for name in (
+            "codecs",
+            "rtx_ssrc",
+            "remote_streams",
+            "remote_bitrate_estimator",
+            "nack_generator",
+            "rtcp_ssrc",
+        ):
             assert hasattr(receiver, f"_RTCRtpReceiver__{name}"), name
         for name in ("ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count", "rtt", "started"):
             assert hasattr(sender, f"_RTCRtpSender__{name}"), name
@@ -63,9 +75,9 @@ async def test_private_attributes_exist_on_fresh_objects() -> None:
         await pc.close()
 
 
-def test_record_sent_and_rtt_use_the_sender_report_counters() -> None:
-    async def run() -> None:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+async def test_record_sent_and_rtt_use_the_sender_report_counters() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
         sender = pc.addTransceiver("audio").sender
         hooks.record_sent(sender, 1234, 100, 5678)
         hooks.record_sent(sender, 1300, 50, 5679)
@@ -76,9 +88,8 @@ def test_record_sent_and_rtt_use_the_sender_report_counters() -> None:
         stats = await sender.getStats()
         outbound = [s for s in stats.values() if s.type == "outbound-rtp"]
         assert outbound[0].packetsSent == 2 and outbound[0].bytesSent == 150
+    finally:
         await pc.close()
-
-    asyncio.run(run())
 
 
 @pytest.mark.media

@@ -27,7 +27,12 @@ async def test_three_participants_receive_each_others_colour_and_tone(relay: Rel
 
         def all_flowing() -> bool:
             for name, peer in signaling.peers.items():
-                got = [r for r in peer.received.values() if r.frames >= 20 and (r.kind == "video" and r.last_rgb or r.kind == "audio" and len(r.audio) >= 50)]
+                got = [
+                    r
+                    for r in peer.received.values()
+                    if r.frames >= 20
+                    and (r.kind == "video" and r.last_rgb or r.kind == "audio" and len(r.audio) >= 50)
+                ]
                 if len(got) < 4:
                     return False
             return True

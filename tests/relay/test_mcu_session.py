@@ -10,8 +10,10 @@ import itertools
 import math
 import os
 import random
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import av
 import numpy as np
@@ -21,14 +23,16 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from visio_matrix.relay.mcu import McuSession, MonotonicClock
+from visio_matrix.relay.mcu import McuSession, MonotonicClock, to_rfc6464
 from visio_matrix.relay.mcu.decoder import RtpItem, SourcePipeline
 from visio_matrix.relay.mcu.layout import grid
+from visio_matrix.relay.speaker import ActiveSpeakerDetector
 
 pytestmark = pytest.mark.media
 
-OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
-VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+OPUS_PT, VP8_PT = 111, 96
+OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=OPUS_PT)
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=VP8_PT)
 TONES = {"a": 500.0, "b": 1100.0, "c": 1700.0}
 COLOURS = {"a": (210, 40, 40), "b": (40, 190, 40), "c": (40, 40, 210)}
 
@@ -36,8 +40,9 @@ COLOURS = {"a": (210, 40, 40), "b": (40, 190, 40), "c": (40, 40, 210)}
 class ToneSender:
     """20 ms Opus packets of a sine tone."""
 
-    def __init__(self, freq: float) -> None:
+    def __init__(self, freq: float, amplitude: float = 6000.0) -> None:
         self.freq = freq
+        self.amplitude = amplitude
         self.encoder = get_encoder(OPUS)
         self.seq = random.randint(0, 65535)
         self.n = 0
@@ -45,14 +50,14 @@ class ToneSender:
 
     def packets(self) -> list[RtpPacket]:
         t = (np.arange(960) + self.n * 960) / 48000
-        samples = (6000 * np.sin(2 * math.pi * self.freq * t)).astype(np.int16)
+        samples = (self.amplitude * np.sin(2 * math.pi * self.freq * t)).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = 48000, self.n * 960, fractions.Fraction(1, 48000)
         self.n += 1
         payloads, timestamp = self.encoder.encode(frame)
         out = []
         for payload in payloads:
-            out.append(RtpPacket(OPUS.payloadType, 1, self.seq, timestamp, self.ssrc, payload))
+            out.append(RtpPacket(OPUS_PT, 1, self.seq, timestamp, self.ssrc, payload))
             self.seq = (self.seq + 1) % 65536
         return out
 
@@ -78,7 +83,7 @@ class ColourSender:
         out = []
         for i, payload in enumerate(payloads):
             marker = int(i == len(payloads) - 1)
-            out.append(RtpPacket(VP8.payloadType, marker, self.seq, timestamp, self.ssrc, payload))
+            out.append(RtpPacket(VP8_PT, marker, self.seq, timestamp, self.ssrc, payload))
             self.seq = (self.seq + 1) % 65536
         return out
 
@@ -93,6 +98,7 @@ class Rig:
     keyframe_requests: list[str] = field(default_factory=list)
     fed: dict[str, int] = field(default_factory=dict)
     hook: Callable[[str, RtpPacket], RtpPacket | None] | None = None
+    mcu_clock: MonotonicClock = field(default_factory=MonotonicClock)
 
     def on_keyframe(self, source_id: str) -> None:
         self.keyframe_requests.append(source_id)
@@ -112,21 +118,24 @@ class Rig:
         loop = asyncio.get_running_loop()
         start = loop.time()
         for tick in range(int(seconds / 0.02)):
-            for kind, senders in (("audio", self.tones), ("video", self.colours)):
-                if kind == "video" and tick % 4:
-                    continue
-                for source_id, sender in list(senders.items()):
-                    for packet in sender.packets():
-                        maybe = self.hook(source_id, packet) if self.hook else packet
-                        if maybe is not None:
-                            self.mcu.feed(source_id, kind, maybe)
-                            key = f"{source_id}/{kind}"
-                            self.fed[key] = self.fed.get(key, 0) + 1
+            due: list[tuple[str, str, ToneSender | ColourSender]] = [
+                (source_id, "audio", sender) for source_id, sender in self.tones.items()
+            ]
+            if tick % 4 == 0:
+                due += [(source_id, "video", sender) for source_id, sender in self.colours.items()]
+            for source_id, kind, sender in due:
+                for packet in sender.packets():
+                    maybe = self.hook(source_id, packet) if self.hook else packet
+                    if maybe is not None:
+                        self.mcu.feed(source_id, kind, maybe)
+                        key = f"{source_id}/{kind}"
+                        self.fed[key] = self.fed.get(key, 0) + 1
             await asyncio.sleep(max(0.0, start + (tick + 1) * 0.02 - loop.time()))
 
 
 async def make_rig() -> Rig:
-    rig = Rig(mcu=McuSession(lambda s: rig.on_keyframe(s), MonotonicClock()))
+    clock = MonotonicClock()
+    rig = Rig(mcu=McuSession(lambda s: rig.on_keyframe(s), clock), mcu_clock=clock)
     return rig
 
 
@@ -135,7 +144,7 @@ class Recorder:
 
     def __init__(self, track: MediaStreamTrack) -> None:
         self.track = track
-        self.frames: list[av.AudioFrame | av.VideoFrame] = []
+        self.frames: list[Any] = []  # AudioFrame or VideoFrame, as the track's kind
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -241,6 +250,58 @@ async def test_composite_shows_the_others_tiles_and_not_its_own() -> None:
         pts = [f.pts for f in rec.frames]
         assert all(b > a for a, b in itertools.pairwise(pts)), "composite pts not increasing"
         assert 10 <= len(rec.frames) <= 25, len(rec.frames)  # ~15 fps over 1.2 s
+    finally:
+        await rig.mcu.close()
+
+
+async def test_levels_drive_the_relays_active_speaker_detector() -> None:
+    rig = await make_rig()
+    detector = ActiveSpeakerDetector()
+    speakers: list[str | None] = []
+    try:
+        rig.add("a", video=False)
+        rig.add("b", video=False)
+        rig.tones["b"].amplitude = 100.0
+
+        async def poll(seconds: float) -> None:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            while loop.time() < end:
+                await asyncio.sleep(0.05)
+                now = rig.mcu_clock.now()
+                for source_id, level in rig.mcu.levels().items():
+                    detector.observe(source_id, to_rfc6464(level), now)
+                detector.evaluate(now)
+                speakers.append(detector.speaker)
+
+        await run_with(rig, 1.0, poll(1.0))
+        assert detector.speaker == "a"
+        levels = rig.mcu.levels()
+        assert levels["a"] > levels["b"] + 25, levels  # 6000 vs 100: 35.6 dB apart
+        rig.tones["a"].amplitude, rig.tones["b"].amplitude = 100.0, 6000.0
+        await run_with(rig, 2.0, poll(2.0))
+        assert detector.speaker == "b", speakers
+    finally:
+        await rig.mcu.close()
+
+
+async def test_a_stalled_source_keeps_its_last_picture_and_the_others_stay_live() -> None:
+    rig = await make_rig()
+    try:
+        rig.add("a", audio=False)
+        rig.add("b", audio=False)
+        _, video = rig.mcu.add_sink("x")
+        rec = Recorder(video)
+        await rig.feed(0.6)
+        stalled = rig.colours.pop("b")  # b stops sending; a goes on
+        before = rig.mcu.stats().frames_decoded["b/video"]
+        await rig.feed(0.8)
+        await rec.stop()
+        assert rig.mcu.stats().frames_decoded["b/video"] == before and stalled.n > 0
+        tiles = tile_colours(rec.frames[-1], 2)
+        assert near(tiles[0], COLOURS["a"]) and near(tiles[1], COLOURS["b"]), tiles
+        pts = [f.pts for f in rec.frames]
+        assert all(b > a for a, b in itertools.pairwise(pts))
     finally:
         await rig.mcu.close()
 
@@ -389,5 +450,6 @@ async def test_unsupported_codec_is_a_clear_error_and_close_is_idempotent() -> N
         await asyncio.wait_for(audio.recv(), 1.0)
     assert video.readyState == "ended"
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("mcu-")]
+    assert not [t for t in threading.enumerate() if t.name == "mcu-decoder"]
     with pytest.raises(RuntimeError, match="closed"):
         mcu.add_sink("y")

@@ -21,7 +21,11 @@ def test_seq_newer(a: int, b: int, newer: bool) -> None:
 
 # (operation, input seq, expected output seq or None); "drop" rows have no output.
 SEQ_CASES = [
-    ("in-order from a random start", 1000, [("send", 5000, 1000), ("send", 5001, 1001), ("send", 5002, 1002)]),
+    (
+        "in-order from a random start",
+        1000,
+        [("send", 5000, 1000), ("send", 5001, 1001), ("send", 5002, 1002)],
+    ),
     ("wraps at 65535", 65534, [("send", 10, 65534), ("send", 11, 65535), ("send", 12, 0), ("send", 13, 1)]),
     (
         "a drop leaves no gap",
@@ -34,7 +38,11 @@ SEQ_CASES = [
         0,
         [("send", 10, 0), ("send", 12, 2), ("drop", 13, None), ("send", 11, None), ("send", 14, 3)],
     ),
-    ("a late packet with no drop in between keeps its slot", 0, [("send", 10, 0), ("send", 12, 2), ("send", 11, 1)]),
+    (
+        "a late packet with no drop in between keeps its slot",
+        0,
+        [("send", 10, 0), ("send", 12, 2), ("send", 11, 1)],
+    ),
 ]
 
 
@@ -118,8 +126,14 @@ THROTTLE_CASES = [
     ("first request goes out", [(0.0, "req", "send")]),
     ("second inside the window is deferred", [(0.0, "req", "send"), (0.1, "req", "defer@0.5")]),
     ("third coalesces", [(0.0, "req", "send"), (0.1, "req", "defer@0.5"), (0.2, "req", "coalesced")]),
-    ("deferred fires", [(0.0, "req", "send"), (0.1, "req", "defer@0.5"), (0.5, "fire", True), (0.6, "req", "defer@1")]),
-    ("keyframe satisfies deferral", [(0.0, "req", "send"), (0.1, "req", "defer@0.5"), (0.2, "key", None), (0.5, "fire", False)]),
+    (
+        "deferred fires",
+        [(0.0, "req", "send"), (0.1, "req", "defer@0.5"), (0.5, "fire", True), (0.6, "req", "defer@1")],
+    ),
+    (
+        "keyframe satisfies deferral",
+        [(0.0, "req", "send"), (0.1, "req", "defer@0.5"), (0.2, "key", None), (0.5, "fire", False)],
+    ),
     ("after the window, send", [(0.0, "req", "send"), (0.5, "req", "send"), (1.2, "req", "send")]),
 ]
 
@@ -176,11 +190,19 @@ def test_good_offer_passes_unchanged() -> None:
         ("v=0\r\n" + "a=x\r\n" * 2000, InvalidSdpError, "more than the 4096 allowed"),
         ("v=0\r\n" + "m=audio 9 RTP/AVP 0\r\n" * 5, InvalidSdpError, "more than 4 media sections"),
         ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", InvalidSdpError, "no media section"),
-        (_offer(fingerprint=False), InvalidSdpError, "media section 0 (mid '0', audio): DTLS fingerprint is missing"),
+        (
+            _offer(fingerprint=False),
+            InvalidSdpError,
+            "media section 0 (mid '0', audio): DTLS fingerprint is missing",
+        ),
         (_offer().replace("a=ice-pwd", "a=x-pwd"), InvalidSdpError, "ICE ufrag or password is missing"),
         (_offer().replace("a=rtcp-mux\r\n", ""), InvalidSdpError, "rtcp-mux is required"),
         (_offer().replace("sha-256", "md5"), InvalidSdpError, "unknown DTLS fingerprint algorithm 'md5'"),
-        (_offer(audio_codecs="0 18"), UnsupportedCodecError, "no forwardable codec offered (audio/G729, audio/PCMU)"),
+        (
+            _offer(audio_codecs="0 18"),
+            UnsupportedCodecError,
+            "no forwardable codec offered (audio/G729, audio/PCMU)",
+        ),
         (_offer(video_codecs="98 99"), UnsupportedCodecError, "media section 1 (mid '1', video)"),
         ("v=0\r\nm=audio x\r\n", InvalidSdpError, "could not be parsed"),
     ],

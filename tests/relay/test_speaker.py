@@ -9,7 +9,9 @@ from visio_matrix.relay.speaker import ActiveSpeakerDetector
 LOUD, TALK, QUIET, SILENT = 10, 30, 60, 127
 
 
-def feed(detector: ActiveSpeakerDetector, start: float, end: float, levels: dict[str, int]) -> list[tuple[float, str | None]]:
+def feed(
+    detector: ActiveSpeakerDetector, start: float, end: float, levels: dict[str, int]
+) -> list[tuple[float, str | None]]:
     """Feed 50 packets/s per participant between start and end; return (time, new speaker) changes."""
     changes = []
     t = start
@@ -34,7 +36,11 @@ CASES = [
     ),
     (
         "a short interjection inside the hold time does not switch",
-        [(0, 0.3, {"a": TALK, "b": SILENT}), (0.3, 0.5, {"a": TALK, "b": LOUD}), (0.5, 2, {"a": TALK, "b": SILENT})],
+        [
+            (0, 0.3, {"a": TALK, "b": SILENT}),
+            (0.3, 0.5, {"a": TALK, "b": LOUD}),
+            (0.5, 2, {"a": TALK, "b": SILENT}),
+        ],
         [(0.0, "a")],
     ),
     (
@@ -51,7 +57,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "phases", "expected"), CASES, ids=[c[0] for c in CASES])
-def test_active_speaker(name: str, phases: list[tuple[float, float, dict[str, int]]], expected: list[tuple[float, str]]) -> None:
+def test_active_speaker(
+    name: str, phases: list[tuple[float, float, dict[str, int]]], expected: list[tuple[float, str]]
+) -> None:
     detector = ActiveSpeakerDetector()
     changes: list[tuple[float, str | None]] = []
     for start, end, levels in phases:

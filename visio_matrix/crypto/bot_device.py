@@ -37,7 +37,8 @@ from nio import (
 from nio.store import SqliteStore
 
 from visio_matrix.appservice.events import RoomEvent
-from visio_matrix.appservice.homeserver import HomeserverClient
+from visio_matrix.appservice.homeserver import HomeserverClient, MatrixError
+from visio_matrix.crypto.cross_signing import ensure_cross_signed
 from visio_matrix.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,27 @@ class AppserviceAsyncClient(AsyncClient):
         return await super().send(method, path, data, headers, trace_context, timeout)
 
 
+class _DeviceKeysApi:
+    """The key endpoints cross-signing needs, called as the bot's device with the as_token."""
+
+    def __init__(self, hs: HomeserverClient, user_id: str, device_id: str) -> None:
+        self._hs, self._user_id, self._device_id = hs, user_id, device_id
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._hs.request("POST", path, body, user_id=self._user_id, device_id=self._device_id)
+
+    async def query_own_keys(self) -> dict[str, Any]:
+        return await self._post("/_matrix/client/v3/keys/query", {"device_keys": {self._user_id: []}})
+
+    async def upload_cross_signing_keys(self, body: dict[str, Any]) -> None:
+        await self._post("/_matrix/client/v3/keys/device_signing/upload", body)
+
+    async def upload_signatures(self, body: dict[str, Any]) -> None:
+        result = await self._post("/_matrix/client/v3/keys/signatures/upload", body)
+        if result.get("failures"):
+            raise MatrixError(200, "M_UNKNOWN", f"signature upload failures: {result['failures']}")
+
+
 class BotDevice:
     def __init__(
         self,
@@ -118,6 +140,7 @@ class BotDevice:
         self._synced = asyncio.Condition()
         self._sync_count = 0
         self._encrypted_rooms: set[str] = set()
+        self.master_key: str | None = None
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -162,6 +185,16 @@ class BotDevice:
         self._client = client
         await self._sync_once(full_state=True, timeout_ms=0)
         await self._maintain_keys()
+        try:
+            self.master_key = await ensure_cross_signed(
+                _DeviceKeysApi(self._hs_client, self.user_id, device_id),
+                self._state,
+                self.user_id,
+                device_id,
+                self._pickle_key,
+            )
+        except MatrixError as exc:
+            log.warning("could not cross-sign the bot device: %s", exc)
         log.info(
             "bot device %s ready (ed25519 %s), in %d rooms",
             device_id,
