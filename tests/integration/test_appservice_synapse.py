@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from synapse_fixtures import SynapseFactory, synapse_factory  # noqa: F401
+from synapse_fixtures import SynapseFactory
 
 from visio_matrix.app import Service
 from visio_matrix.config import Config, load_config
@@ -39,7 +39,7 @@ _stack: Stack | None = None
 
 
 @pytest_asyncio.fixture
-async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> Stack:  # noqa: F811
+async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> Stack:
     """One Synapse with our registration for the whole session (the service runs per test)."""
     global _stack
     if _stack is None or not _stack.hs.running:

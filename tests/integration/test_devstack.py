@@ -14,7 +14,7 @@ import yaml
 from aiohttp import web
 from nio import RoomGetStateEventResponse
 from nio.crypto.memorystores import GroupSessionStore
-from synapse_fixtures import SynapseFactory, synapse, synapse_factory  # noqa: F401
+from synapse_fixtures import SynapseFactory
 
 from visio_matrix.devstack.synapse import LocalSynapse, SynapseError, free_port
 from visio_matrix.devstack.user import MatrixUser, MatrixUserError, MessageView
@@ -45,7 +45,7 @@ def body_is(text: str) -> Callable[[MessageView], bool]:
     return lambda view: view.body == text
 
 
-async def test_synapse_boots_and_registers_users(synapse: LocalSynapse) -> None:  # noqa: F811
+async def test_synapse_boots_and_registers_users(synapse: LocalSynapse) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{synapse.base_url}/_matrix/client/versions") as response:
             assert response.status == 200
@@ -69,7 +69,7 @@ async def test_synapse_boots_and_registers_users(synapse: LocalSynapse) -> None:
             assert response.status == 403
 
 
-async def test_encrypted_room_exchange(synapse: LocalSynapse, tmp_path: Path) -> None:  # noqa: F811
+async def test_encrypted_room_exchange(synapse: LocalSynapse, tmp_path: Path) -> None:
     alice = await new_user(synapse, tmp_path, "alice")
     bob = await new_user(synapse, tmp_path, "bob")
     try:
@@ -118,7 +118,7 @@ async def test_encrypted_room_exchange(synapse: LocalSynapse, tmp_path: Path) ->
         await bob.close()
 
 
-async def test_plain_room_power_levels_and_kick(synapse: LocalSynapse, tmp_path: Path) -> None:  # noqa: F811
+async def test_plain_room_power_levels_and_kick(synapse: LocalSynapse, tmp_path: Path) -> None:
     alice = await new_user(synapse, tmp_path, "alice")
     bob = await new_user(synapse, tmp_path, "bob")
     try:
@@ -144,7 +144,7 @@ async def test_plain_room_power_levels_and_kick(synapse: LocalSynapse, tmp_path:
         await bob.close()
 
 
-async def test_restored_and_new_devices_decrypt(synapse: LocalSynapse, tmp_path: Path) -> None:  # noqa: F811
+async def test_restored_and_new_devices_decrypt(synapse: LocalSynapse, tmp_path: Path) -> None:
     alice = await new_user(synapse, tmp_path, "alice")
     bob = await new_user(synapse, tmp_path, "bob")
     bob_store = tmp_path / bob.user_id
@@ -188,7 +188,7 @@ async def test_restored_and_new_devices_decrypt(synapse: LocalSynapse, tmp_path:
                 await user.close()
 
 
-async def test_late_room_key_is_retried(synapse: LocalSynapse, tmp_path: Path) -> None:  # noqa: F811
+async def test_late_room_key_is_retried(synapse: LocalSynapse, tmp_path: Path) -> None:
     """An event whose Megolm key is not there yet is buffered undecrypted and decrypted when it comes."""
     alice = await new_user(synapse, tmp_path, "alice")
     bob = await new_user(synapse, tmp_path, "bob")
@@ -219,7 +219,7 @@ async def test_late_room_key_is_retried(synapse: LocalSynapse, tmp_path: Path) -
         await bob.close()
 
 
-async def test_two_homeservers_federate(synapse_factory: SynapseFactory, tmp_path: Path) -> None:  # noqa: F811
+async def test_two_homeservers_federate(synapse_factory: SynapseFactory, tmp_path: Path) -> None:
     hs_a = await synapse_factory.start(federation=True)
     hs_b = await synapse_factory.start(federation=True)
     assert hs_a.server_name != hs_b.server_name
@@ -244,7 +244,7 @@ async def test_two_homeservers_federate(synapse_factory: SynapseFactory, tmp_pat
 
 
 async def test_appservice_registration_is_loaded_and_pinged(
-    synapse_factory: SynapseFactory,  # noqa: F811
+    synapse_factory: SynapseFactory,
     tmp_path: Path,
 ) -> None:
     """A registration file given to LocalSynapse is loaded, and Synapse reaches the service on loopback."""
@@ -294,7 +294,7 @@ async def test_appservice_registration_is_loaded_and_pinged(
         await runner.cleanup()
 
 
-async def test_restart_keeps_users_tokens_and_server_key(synapse_factory: SynapseFactory) -> None:  # noqa: F811
+async def test_restart_keeps_users_tokens_and_server_key(synapse_factory: SynapseFactory) -> None:
     hs = await synapse_factory.start()
     try:
         user_id = await hs.register_user(unique("keep"), PASSWORD)
