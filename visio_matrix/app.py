@@ -1,7 +1,7 @@
 """The composition root: builds every component of one service instance, starts and stops them.
 
-Start order: store -> bot device (keys, first /sync) -> room bot -> HTTP listener -> appservice
-ping. Stop order is the reverse. Nothing else in the package builds components or holds globals.
+Start order: store -> bot device (keys, first /sync) -> room bot -> housekeeping -> HTTP listener
+-> appservice ping. Stop order is the reverse. Nothing else in the package builds components or holds globals.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from visio_matrix.calls.room_bot import RoomBot
 from visio_matrix.clock import Clock, SystemClock
 from visio_matrix.config import Config
 from visio_matrix.crypto.bot_device import BotDevice
+from visio_matrix.housekeeping import Housekeeping
 from visio_matrix.metrics import Metrics
 from visio_matrix.storage import Store, StoreError, open_store, sqlite_url
 
@@ -45,6 +46,7 @@ class Service:
         self._device: BotDevice | None = None
         self._bot: RoomBot | None = None
         self._runner: web.AppRunner | None = None
+        self._housekeeping: Housekeeping | None = None
         self.ping_result: PingResult | None = None
         self.bot_user_id = config.appservice.bot_user_id(config.homeserver.server_name)
 
@@ -85,6 +87,8 @@ class Service:
             await self._set_display_name()
             self._bot = RoomBot(self._device, self._store, cfg.policy, self.clock, self.metrics)
             await self._bot.start()
+            self._housekeeping = Housekeeping(self._store, self.clock)
+            self._housekeeping.start()
             processor = TransactionProcessor(
                 self._store, self._bot, self.clock, self.metrics, self.bot_user_id
             )
@@ -109,6 +113,9 @@ class Service:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._housekeeping is not None:
+            await self._housekeeping.stop()
+            self._housekeeping = None
         if self._bot is not None:
             await self._bot.stop()
             self._bot = None

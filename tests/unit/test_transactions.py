@@ -94,3 +94,20 @@ async def test_ephemeral_data_is_passed_on(store: Store) -> None:
     await processor(store, sink).on_transaction("t9", txn)
     assert len(sink.ephemeral) == 1
     assert sink.ephemeral[0].to_device == ({"type": "m.dummy"},)
+
+
+async def test_housekeeping_prunes_only_old_ids(store: Store) -> None:
+    from visio_matrix.housekeeping import Housekeeping
+
+    clock = FakeClock()
+    proc = TransactionProcessor(store, RecordingSink(), clock, Metrics(), "@visio:hs")
+    await proc.on_transaction("old", parse_transaction_body({"events": [ev(1)]}))
+    clock.advance(3 * 86400)
+    await proc.on_transaction("new", parse_transaction_body({"events": [ev(2)]}))
+    clock.advance(5 * 86400)  # "old" is 8 days old, "new" 5 days
+    removed = await Housekeeping(store, clock).run_once()
+    assert removed == 2  # one transaction id and one event id
+    assert not await store.is_transaction_done("old")
+    assert await store.is_transaction_done("new")
+    assert await store.claim_event("$e1", clock.wall_ms())  # forgotten, claimable again
+    assert not await store.claim_event("$e2", clock.wall_ms())

@@ -257,7 +257,9 @@ def _ice_connections(pc: RTCPeerConnection) -> list[aioice_ice.Connection]:
 def _restrict_connection(
     connection: aioice_ice.Connection, addresses: tuple[str, ...], ports: PortRange | None
 ) -> None:
-    async def get_component_candidates(component: int, addresses_: list[str], timeout: int = 5) -> list[Candidate]:
+    async def get_component_candidates(
+        component: int, addresses_: list[str], timeout: int = 5
+    ) -> list[Candidate]:
         del addresses_, timeout  # aioice's own list, replaced by ours
         loop = asyncio.get_running_loop()
         candidates = []

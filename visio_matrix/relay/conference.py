@@ -100,7 +100,9 @@ class Conference:
         async with self._lock:
             self._check_open()
             if participant_id in self._participants:
-                raise DuplicateParticipantError(f"participant {participant_id!r} is already in the conference")
+                raise DuplicateParticipantError(
+                    f"participant {participant_id!r} is already in the conference"
+                )
             if mode not in ("sfu", "mcu"):
                 raise RelayError(f"unknown participant mode {mode!r} (expected 'sfu' or 'mcu')")
             checked = None if offer_sdp is None else self._check(offer_sdp, "offer")
@@ -176,7 +178,9 @@ class Conference:
             try:
                 parsed: RTCIceCandidate = aiortc_sdp.candidate_from_sdp(line)
             except Exception as exc:
-                raise InvalidCandidateError(f"ICE candidate could not be parsed: {candidate[:200]!r}") from exc
+                raise InvalidCandidateError(
+                    f"ICE candidate could not be parsed: {candidate[:200]!r}"
+                ) from exc
             parsed.sdpMid = sdp_mid
             parsed.sdpMLineIndex = sdp_mline_index
             await p.pc.addIceCandidate(parsed)
@@ -244,7 +248,10 @@ class Conference:
 
     def _check(self, sdp: str, sdp_type: str) -> str:
         return check_remote_sdp(
-            sdp, sdp_type, max_bytes=self._options.max_sdp_bytes, max_sections=self._options.max_media_sections
+            sdp,
+            sdp_type,
+            max_bytes=self._options.max_sdp_bytes,
+            max_sections=self._options.max_media_sections,
         )
 
     async def _answer(self, p: Participant, offer: str, purposes: Mapping[str, str] | None) -> Negotiated:
@@ -464,7 +471,9 @@ class Conference:
         self._check_open()
         p = self._participants.get(participant_id)
         if p is None:
-            raise UnknownParticipantError(f"no participant {participant_id!r} in conference {self.conference_id!r}")
+            raise UnknownParticipantError(
+                f"no participant {participant_id!r} in conference {self.conference_id!r}"
+            )
         return p
 
     def _check_open(self) -> None:

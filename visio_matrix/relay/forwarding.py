@@ -193,7 +193,9 @@ class DownTrack:
             if packet is None or self._writer.full():
                 continue
             if self._rtx_pt is not None:
-                packet = wrap_rtx(packet, payload_type=self._rtx_pt, sequence_number=self._rtx_seq, ssrc=self._rtx_ssrc)
+                packet = wrap_rtx(
+                    packet, payload_type=self._rtx_pt, sequence_number=self._rtx_seq, ssrc=self._rtx_ssrc
+                )
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             self._counters.retransmissions += 1
             self._writer.put(self, packet, False)
