@@ -43,9 +43,15 @@ class Receives:
 
 
 def sends_from_logs(logs: Mapping[int, Mapping[str, Any]]) -> Sends:
-    parts = [(np.asarray(log["times"], dtype=np.float64), np.asarray(log["keys"], dtype=np.int64),
-              np.full(len(log["times"]), pub, dtype=np.int64), np.asarray(log["flags"], dtype=np.uint8))
-             for pub, log in logs.items()]
+    parts = [
+        (
+            np.asarray(log["times"], dtype=np.float64),
+            np.asarray(log["keys"], dtype=np.int64),
+            np.full(len(log["times"]), pub, dtype=np.int64),
+            np.asarray(log["flags"], dtype=np.uint8),
+        )
+        for pub, log in logs.items()
+    ]
     if not parts:
         empty = np.zeros(0)
         return Sends(empty, empty.astype(np.int64), empty.astype(np.int64), empty.astype(np.uint8))
@@ -183,7 +189,9 @@ def percentile_ms(values_s: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values_s, q) * 1000.0)
 
 
-def join_times(subs: Mapping[int, Mapping[str, Any]], feeds: Mapping[int, Sequence[int]]) -> tuple[list[float], int]:
+def join_times(
+    subs: Mapping[int, Mapping[str, Any]], feeds: Mapping[int, Sequence[int]]
+) -> tuple[list[float], int]:
     """Seconds from each subscriber's join request to the first keyframe of each video stream; and
     the number of expected video streams that never showed a keyframe."""
     times: list[float] = []

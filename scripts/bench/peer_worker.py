@@ -102,7 +102,9 @@ class Worker:
             await self.janus.create()
 
     # -- publishers -------------------------------------------------------------------------------
-    def _publisher_pc(self, pub_id: int, pc: RTCPeerConnection | None = None) -> tuple[RTCPeerConnection, Any, Any]:
+    def _publisher_pc(
+        self, pub_id: int, pc: RTCPeerConnection | None = None
+    ) -> tuple[RTCPeerConnection, Any, Any]:
         clip = load_clip(self.clip_dir, self.spec, seed=pub_id + 1)
         pc = pc or self.new_pc()
         audio = EncodedClipTrack("audio", clip.audio, clip.fps)
@@ -205,15 +207,18 @@ class Worker:
         return {s: r for (s, _), r in zip(subs, results, strict=True)}
 
     # -- one connection per participant (our relay): publish and receive on the same connection --
-    async def _apply_offer(self, home: int, pc: RTCPeerConnection, state: probes.SubscriberState | None,
-                           offer: str) -> None:
+    async def _apply_offer(
+        self, home: int, pc: RTCPeerConnection, state: probes.SubscriberState | None, offer: str
+    ) -> None:
         await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
         if state is not None:
             self._watch_all(pc, state)
         await pc.setLocalDescription(await pc.createAnswer())
         await self._post("/answer", {"peer": home, "sdp": pc.localDescription.sdp})
 
-    async def _renegotiate(self, home: int, pc: RTCPeerConnection, state: probes.SubscriberState | None) -> None:
+    async def _renegotiate(
+        self, home: int, pc: RTCPeerConnection, state: probes.SubscriberState | None
+    ) -> None:
         """Long-poll the relay's offers for this participant and answer each one."""
         while True:
             offer = (await self._post("/poll", {"peer": home})).get("offer")
@@ -257,7 +262,9 @@ class Worker:
             missing = [
                 home
                 for home, (pc, feeds) in self.participant_pcs.items()
-                if sum(1 for t in pc.getTransceivers() if t.kind == "video" and t.currentDirection == "recvonly")
+                if sum(
+                    1 for t in pc.getTransceivers() if t.kind == "video" and t.currentDirection == "recvonly"
+                )
                 < feeds
             ]
             if not missing:

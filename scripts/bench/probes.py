@@ -124,7 +124,9 @@ def install_receiver_probe() -> None:
     RTCRtpReceiver._handle_rtp_packet = _probe_rtp_packet  # type: ignore[method-assign]
 
 
-def watch_sender_transport(transport: RTCDtlsTransport, state: PublisherState, ssrc_flags: dict[int, int]) -> None:
+def watch_sender_transport(
+    transport: RTCDtlsTransport, state: PublisherState, ssrc_flags: dict[int, int]
+) -> None:
     """Wrap one DTLS transport's ``_send_rtp``: record media packets of the given SSRCs (not RTX/RTCP)."""
     original: Callable[[bytes], Awaitable[None]] = transport._send_rtp
 

@@ -45,9 +45,7 @@ class Scenario:
 
 
 def one_to_many(n: int) -> Scenario:
-    return Scenario(
-        f"1x{n}", (0,), {s: (0,) for s in range(n)}, {0: 0}, {s: s + 1 for s in range(n)}
-    )
+    return Scenario(f"1x{n}", (0,), {s: (0,) for s in range(n)}, {0: 0}, {s: s + 1 for s in range(n)})
 
 
 def all_to_all(n: int, name: str | None = None) -> Scenario:
@@ -127,7 +125,9 @@ def _measure(
     return result
 
 
-def _join_participants(pool: WorkerPool, scenario: Scenario, pub_w: dict[int, int], sub_w: dict[int, int]) -> None:
+def _join_participants(
+    pool: WorkerPool, scenario: Scenario, pub_w: dict[int, int], sub_w: dict[int, int]
+) -> None:
     """One connection per participant: publishers join first, then receive-only participants."""
     homes: dict[int, list[Any]] = {}
     for p, h in scenario.pub_home.items():
@@ -277,6 +277,7 @@ def added(value: float | None, direct: float | None) -> float | None:
 
 def search_largest(opts: Options, start: int, limit: int, log: list[RunResult]) -> int | None:
     """Grow N while the N-participant all-to-all call stays under 1 % loss, then bisect the gap."""
+
     def passes(n: int) -> bool:
         r = run_backend(OURS, all_to_all(n, f"call{n}"), opts)
         log.append(r)
@@ -318,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    scenarios = ["1x10"] if args.quick else (["1x10", "5x5", "largest"] if args.scenario == "all" else [args.scenario])
+    scenarios = (
+        ["1x10"]
+        if args.quick
+        else (["1x10", "5x5", "largest"] if args.scenario == "all" else [args.scenario])
+    )
     janus_reason = janus_missing_reason() if JANUS in backends else "not requested (--backends)"
 
     with tempfile.TemporaryDirectory(prefix="visio-bench-") as tmp:
@@ -331,23 +336,30 @@ def main(argv: list[str] | None = None) -> int:
             clip_dir=tmp,
             janus_event_loops=args.janus_event_loops,
         )
-        print(f"visio-matrix relay bench: {ClipSpec().width}x{ClipSpec().height}@{ClipSpec().fps} VP8 "
-              f"~{ClipSpec().video_kbps} kbit/s + Opus 20 ms per publisher; {opts.seconds:.0f} s measured in "
-              f"{opts.window:.0f} s windows after {opts.warmup:.0f} s warm-up; {opts.workers} peer processes")
+        print(
+            f"visio-matrix relay bench: {ClipSpec().width}x{ClipSpec().height}@{ClipSpec().fps} VP8 "
+            f"~{ClipSpec().video_kbps} kbit/s + Opus 20 ms per publisher; {opts.seconds:.0f} s measured in "
+            f"{opts.window:.0f} s windows after {opts.warmup:.0f} s warm-up; {opts.workers} peer processes"
+        )
         if janus_reason and JANUS in backends:
             print(f"Janus: skipped: {janus_reason}")
         elif JANUS in backends:
             print(f"Janus: {JanusConfig(0, event_loops=opts.janus_event_loops).describe()}")
         direct = run_direct(opts)
-        print(f"direct publisher->subscriber path (no relay): latency p50/p99 "
-              f"{_fmt(direct.latency_p50_ms, '.2f')}/{_fmt(direct.latency_p99_ms, '.2f')} ms"
-              + ("" if direct.ok else f" FAILED: {direct.error}"), flush=True)
+        print(
+            f"direct publisher->subscriber path (no relay): latency p50/p99 "
+            f"{_fmt(direct.latency_p50_ms, '.2f')}/{_fmt(direct.latency_p99_ms, '.2f')} ms"
+            + ("" if direct.ok else f" FAILED: {direct.error}"),
+            flush=True,
+        )
 
         rows: list[dict[str, Any]] = []
         largest: int | None = None
         for name in scenarios:
             if name == "largest":
-                print("largest all-video call with < 1 % loss through our relay (N all sending and receiving):")
+                print(
+                    "largest all-video call with < 1 % loss through our relay (N all sending and receiving):"
+                )
                 log: list[RunResult] = []
                 largest = search_largest(opts, 5, args.max_call, log)
                 best = next((r for r in log if r.scenario == f"call{largest}"), None) if largest else None
@@ -362,10 +374,19 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 results[backend] = run_backend(backend, scenario, opts)
                 print(describe(results[backend]), flush=True)
-            r = row(scenario.name, results.get(OURS), results.get(TRANSCODING), results.get(JANUS),
-                    direct, janus_reason)
-            print(f"  ratio CPU/packet transcoding/ours: {r['ratio_cpu_vs_transcoding']}, "
-                  f"janus/ours: {r['ratio_cpu_vs_janus']}", flush=True)
+            r = row(
+                scenario.name,
+                results.get(OURS),
+                results.get(TRANSCODING),
+                results.get(JANUS),
+                direct,
+                janus_reason,
+            )
+            print(
+                f"  ratio CPU/packet transcoding/ours: {r['ratio_cpu_vs_transcoding']}, "
+                f"janus/ours: {r['ratio_cpu_vs_janus']}",
+                flush=True,
+            )
             rows.append(r)
         for r in rows:
             r["largest_call"] = largest
@@ -385,8 +406,12 @@ def row(
     cpu = good.cpu if good is not None else None
     out: dict[str, Any] = {
         "scenario": name,
-        "cpu_us_per_packet": None if cpu is None or cpu.us_per_packet is None else round(cpu.us_per_packet, 2),
-        "packets_per_s_out": None if cpu is None or cpu.packets_per_s is None else round(cpu.packets_per_s, 1),
+        "cpu_us_per_packet": None
+        if cpu is None or cpu.us_per_packet is None
+        else round(cpu.us_per_packet, 2),
+        "packets_per_s_out": None
+        if cpu is None or cpu.packets_per_s is None
+        else round(cpu.packets_per_s, 1),
         "loss_pct": None if good is None or good.loss_pct is None else round(good.loss_pct, 3),
         "added_latency_ms_p50": added(good.latency_p50_ms, direct.latency_p50_ms) if good else None,
         "added_latency_ms_p99": added(good.latency_p99_ms, direct.latency_p99_ms) if good else None,
