@@ -13,6 +13,7 @@ Definitions (also in docs/performance.md):
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -155,28 +156,32 @@ def keyframes(flags: np.ndarray) -> int:
 @dataclass(frozen=True)
 class CpuResult:
     us_per_packet: float | None
+    sys_us_per_packet: float | None
     packets_per_s: float | None
     cpu_pct: float | None
     windows: int
 
 
 def cpu_per_packet(
-    cpu_samples: Sequence[tuple[float, float]], receive_times: Sequence[np.ndarray]
+    cpu_samples: Sequence[tuple[float, float, float]], receive_times: Sequence[np.ndarray]
 ) -> CpuResult:
-    """Median over windows of relay CPU / packets delivered, packets/s and CPU %% of one core."""
+    """Median over windows of relay CPU / packets delivered (all, and kernel only), packets/s, CPU %."""
     all_times = np.sort(np.concatenate(list(receive_times))) if receive_times else np.zeros(0)
     per_packet: list[float] = []
+    sys_per_packet: list[float] = []
     rates: list[float] = []
     cpu: list[float] = []
-    for (ta, ca), (tb, cb) in zip(cpu_samples, cpu_samples[1:], strict=False):
+    for (ta, ca, sa), (tb, cb, sb) in itertools.pairwise(cpu_samples):
         n = int(np.searchsorted(all_times, tb) - np.searchsorted(all_times, ta))
         span = tb - ta
         cpu.append(100.0 * (cb - ca) / span)
         rates.append(n / span)
         if n:
             per_packet.append((cb - ca) * 1e6 / n)
+            sys_per_packet.append((sb - sa) * 1e6 / n)
     return CpuResult(
         statistics.median(per_packet) if per_packet else None,
+        statistics.median(sys_per_packet) if sys_per_packet else None,
         statistics.median(rates) if rates else None,
         statistics.median(cpu) if cpu else None,
         len(cpu),

@@ -20,11 +20,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a whole process (all its threads, live and exited), in seconds."""
+def process_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime + stime, stime) of a whole process (all its threads, live and exited), in seconds.
+
+    stime is kernel time: for a relay on loopback it includes delivering each sent datagram to the
+    receiving socket (the loopback device runs the receive path in the sender's context)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    user, system = int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    return user + system, system
 
 
 def free_tcp_port() -> int:
@@ -96,13 +100,15 @@ class WorkerPool:
 class RelayProcess:
     """``relay_server`` in its own process: its CPU is the relay's CPU."""
 
-    def __init__(self, backend: str, host: str, udp_ports: str) -> None:
+    def __init__(self, backend: str, host: str, udp_ports: str, profile: str | None = None) -> None:
         self.port = free_tcp_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
             sys.executable, "-m", "scripts.bench.relay_server",
             "--backend", backend, "--host", host, "--port", str(self.port), "--udp-ports", udp_ports,
         ]  # fmt: skip
+        if profile:
+            cmd += ["--profile", profile]
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=None, stdin=subprocess.DEVNULL, text=True
         )

@@ -74,7 +74,7 @@ class JanusSession:
             try:
                 async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=70)) as resp:
                     reply = await resp.json(content_type=None)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 await asyncio.sleep(0.2)
                 continue
             for event in reply if isinstance(reply, list) else [reply]:

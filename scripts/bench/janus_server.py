@@ -60,7 +60,7 @@ class JanusConfig:
     def describe(self) -> str:
         loops = "default (one per handle)" if self.event_loops == 0 else str(self.event_loops)
         return (
-            f"Janus 1.1.2 VideoRoom, HTTP API 127.0.0.1:{self.http_port}, ICE on {JANUS_ADDRESS} (veth), "
+            f"Janus 1.1.2 VideoRoom over its HTTP API on 127.0.0.1, ICE on {JANUS_ADDRESS} (veth), "
             f"room bitrate=0 fir_freq=0, event_loops={loops}, debug_level=3"
         )
 

@@ -14,6 +14,7 @@ import os
 import pickle
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -25,10 +26,19 @@ from .clip import ClipSpec, EncodedClip, EncodedClipTrack, encode_clip
 from .janus_client import JanusSession
 from .netpatch import use_host_address
 
-try:  # the relay package's helper (one peer connection gathers only on given addresses)
-    from visio_matrix.relay import restrict_ice
-except Exception:  # relay package absent or mid-edit: patch aioice process-wide instead
-    restrict_ice = None
+RestrictIce = Callable[[RTCPeerConnection, Sequence[str]], RTCPeerConnection]
+
+
+def _relay_restrict_ice() -> RestrictIce | None:
+    """The relay package's helper (one peer connection gathers only on given addresses), if importable."""
+    try:
+        from visio_matrix.relay import restrict_ice
+    except Exception:  # relay package absent or mid-edit: patch aioice process-wide instead
+        return None
+    return restrict_ice
+
+
+restrict_ice = _relay_restrict_ice()
 
 CONNECT_TIMEOUT_S = 90.0
 
@@ -101,6 +111,11 @@ class Worker:
             self.janus = JanusSession(self.http, url)
             await self.janus.create()
 
+    async def prepare(self, pub_ids: list[int]) -> None:
+        """Encode (or load) the publishers' clips before any signaling: encoding blocks the loop."""
+        for pub_id in pub_ids:
+            load_clip(self.clip_dir, self.spec, seed=pub_id + 1)
+
     # -- publishers -------------------------------------------------------------------------------
     def _publisher_pc(
         self, pub_id: int, pc: RTCPeerConnection | None = None
@@ -112,7 +127,7 @@ class Worker:
         ta = pc.addTransceiver(audio, direction="sendonly")
         tv = pc.addTransceiver(video, direction="sendonly")
         prefer_vp8(tv)
-        tv.sender._send_keyframe = video.request_keyframe
+        tv.sender._send_keyframe = video.request_keyframe  # type: ignore[method-assign]
         self.pub_tracks[pub_id] = video
         return pc, ta, tv
 
@@ -152,8 +167,7 @@ class Worker:
 
     # -- subscribers ------------------------------------------------------------------------------
     def _watch_all(self, pc: RTCPeerConnection, state: probes.SubscriberState) -> None:
-        for t in pc.getTransceivers():
-            probes.watch_receiver(t.receiver, state, t.kind)
+        probes.watch_subscriber(pc, state)
 
     async def _subscribe_one(self, sub_id: int, feeds: list[int]) -> float:
         """The relay offers (Janus and the bench server both do); renegotiation rounds until done."""

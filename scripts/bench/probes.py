@@ -1,9 +1,11 @@
 """Per-packet probes in peer processes: when each RTP packet left a publisher, when it reached a subscriber.
 
 Publisher side: the DTLS transport's ``_send_rtp`` is wrapped (time just before SRTP + sendto).
-Subscriber side: ``RTCRtpReceiver._handle_rtp_packet`` is replaced (time just after SRTP decrypt):
-it records the packet and never decodes, and sends a PLI (throttled) until the first VP8 keyframe of
-each incoming stream, as a browser does for a stream it cannot decode yet. Subscribers send no NACKs
+Subscriber side: ``RTCDtlsTransport._handle_rtp_data`` is replaced for watched transports (time
+just after SRTP decrypt): it reads the RTP header only (no ``RtpPacket`` parse, no jitter buffer, no
+decoding), records the packet, and sends a PLI (throttled) until the first VP8 keyframe of each
+incoming stream, as a browser does for a stream it cannot decode yet. Subscribers' own CPU then
+stays low, which matters on a 2-core machine shared with the relay under test. Subscribers send no NACKs
 and no receiver reports, so loss is measured raw. Times come from ``time.monotonic()``
 (CLOCK_MONOTONIC, shared by all processes on the machine), packets are identified by
 :func:`rtpmeta.payload_key`, which an SFU's header rewrite leaves intact.
@@ -11,15 +13,16 @@ and no receiver reports, so loss is measured raw. Times come from ``time.monoton
 
 from __future__ import annotations
 
+import contextlib
 import time
 from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcrtpreceiver import RTCRtpReceiver
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from .rtpmeta import (
     FLAG_KEYFRAME_START,
@@ -33,6 +36,7 @@ from .rtpmeta import (
 )
 
 PLI_INTERVAL_S = 0.25
+PLI_SENDER_SSRC = 0x0B0E0C4  # any: SFUs route a PLI by its media SSRC
 
 
 @dataclass
@@ -77,51 +81,79 @@ class PublisherState:
     log: PacketLog = field(default_factory=PacketLog)
 
 
-_receivers: dict[int, tuple[SubscriberState, bool]] = {}
+@dataclass
+class _WatchedTransport:
+    state: SubscriberState
+    pc: RTCPeerConnection
+    payload_types: dict[int, tuple[bool, bool]] = field(default_factory=dict)  # pt -> (video, rtx)
+
+    def kind_of(self, pt: int) -> tuple[bool, bool] | None:
+        found = self.payload_types.get(pt)
+        if found is None:  # negotiation added m-lines since: re-read the negotiated codecs
+            for t in self.pc.getTransceivers():
+                for codec in t._codecs:
+                    is_rtx = codec.mimeType.lower().endswith("/rtx")
+                    if codec.payloadType is not None:
+                        self.payload_types[codec.payloadType] = (t.kind == "video", is_rtx)
+            found = self.payload_types.get(pt)
+        return found
 
 
-def watch_receiver(receiver: RTCRtpReceiver, state: SubscriberState, kind: str) -> None:
-    _receivers[id(receiver)] = (state, kind == "video")
+_transports: dict[int, _WatchedTransport] = {}
+_original_handle_rtp_data = RTCDtlsTransport._handle_rtp_data
 
 
-def forget_receiver(receiver: RTCRtpReceiver) -> None:
-    _receivers.pop(id(receiver), None)
+def watch_subscriber(pc: RTCPeerConnection, state: SubscriberState) -> None:
+    """Record every RTP packet arriving on ``pc``'s (bundled) transport(s) into ``state``."""
+    for t in pc.getTransceivers():
+        _transports.setdefault(id(t.receiver.transport), _WatchedTransport(state, pc))
 
 
-async def _probe_rtp_packet(self: RTCRtpReceiver, packet: RtpPacket, arrival_time_ms: int) -> None:
+async def _probe_rtp_data(self: RTCDtlsTransport, data: bytes, arrival_time_ms: int) -> None:
+    """Replaces aiortc's parse + route + depacketize + decode for watched transports."""
+    watched = _transports.get(id(self))
+    if watched is None:
+        await _original_handle_rtp_data(self, data, arrival_time_ms)
+        return
     now = time.monotonic()
-    entry = _receivers.get(id(self))
-    if entry is None:
+    if len(data) < 12:
         return
-    state, video = entry
-    codec = self._RTCRtpReceiver__codecs.get(packet.payload_type)  # type: ignore[attr-defined]
-    if codec is None:
+    kind = watched.kind_of(data[1] & 0x7F)
+    if kind is None:
         return
-    if codec.mimeType.lower().endswith("/rtx"):
+    video, rtx = kind
+    state = watched.state
+    if rtx:
         state.rtx_packets += 1
         return
-    ssrc = packet.ssrc
+    ssrc = int.from_bytes(data[8:12], "big")
+    try:
+        payload = memoryview(data)[rtp_payload_offset(data) : rtp_payload_end(data)]
+    except ValueError:
+        return
     flags = 0
     if ssrc not in state.first_packet:
         state.first_packet[ssrc] = now
     if video:
         flags = FLAG_VIDEO
-        if packet.marker:
+        if data[1] & 0x80:
             flags |= FLAG_MARKER
-        if vp8_keyframe_start(packet.payload):
+        if vp8_keyframe_start(payload):
             flags |= FLAG_KEYFRAME_START
             state.first_keyframe.setdefault(ssrc, now)
         if ssrc not in state.first_keyframe and now - state.last_pli.get(ssrc, 0.0) >= PLI_INTERVAL_S:
             state.last_pli[ssrc] = now
             state.plis_sent += 1
-            await self._send_rtcp_pli(ssrc)
+            pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=PLI_SENDER_SSRC, media_ssrc=ssrc)
+            with contextlib.suppress(ConnectionError):
+                await self._send_rtp(bytes(pli))
     if state.recording:
-        state.log.add(now, payload_key(packet.payload), ssrc, packet.sequence_number, flags)
+        state.log.add(now, payload_key(payload), ssrc, int.from_bytes(data[2:4], "big"), flags)
 
 
 def install_receiver_probe() -> None:
-    """Replace the receive path of every ``RTCRtpReceiver`` in this process (subscribers never decode)."""
-    RTCRtpReceiver._handle_rtp_packet = _probe_rtp_packet  # type: ignore[method-assign]
+    """Subscribers in this process never parse beyond the RTP header, and never decode."""
+    RTCDtlsTransport._handle_rtp_data = _probe_rtp_data  # type: ignore[method-assign]
 
 
 def watch_sender_transport(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import signal
 import sys
 from typing import Any, Protocol
@@ -44,7 +45,7 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-BACKEND_KEY = web.AppKey("backend", Backend)  # type: ignore[type-abstract]
+BACKEND_KEY = web.AppKey("backend", Backend)
 
 
 async def handle_publish(request: web.Request) -> web.Response:
@@ -125,11 +126,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="ICE host candidate address")
     parser.add_argument("--port", type=int, required=True, help="HTTP signaling port on 127.0.0.1")
     parser.add_argument("--udp-ports", default="41000-42999", help="UDP range for the visio relay")
+    parser.add_argument("--profile", help="write cProfile stats of the relay's event loop to this file")
     args = parser.parse_args(argv)
     if args.backend == "transcoding":  # our relay restricts its own candidates (RelayOptions.host_addresses)
         use_host_address(args.host)
     port_min, port_max = (int(x) for x in args.udp_ports.split("-"))
-    asyncio.run(serve(args.backend, args.host, args.port, port_min, port_max))
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            asyncio.run(serve(args.backend, args.host, args.port, port_min, port_max))
+        finally:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+    else:
+        asyncio.run(serve(args.backend, args.host, args.port, port_min, port_max))
     sys.stdout.flush()
 
 

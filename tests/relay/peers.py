@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
@@ -96,9 +96,15 @@ class Received:
 class Peer:
     """One participant: an aiortc peer connection on 127.0.0.1 sending colour + tone."""
 
-    def __init__(self, name: str, rgb: tuple[int, int, int] | None, tone: float | None) -> None:
+    def __init__(
+        self, name: str, rgb: tuple[int, int, int] | None, tone: float | None, video_codec: str | None = None
+    ) -> None:
         self.name = name
-        self.pc = restrict_ice(RTCPeerConnection(RTCConfiguration(iceServers=[])), ["127.0.0.1"])
+        self.video_codec = video_codec  # e.g. "video/H264": the only video codec this peer offers
+        # max-bundle: aiortc's default ("balanced") loses the second m-line of a kind in a first
+        # offer with several (see docs/relay.md); browsers bundle everything anyway.
+        config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        self.pc = restrict_ice(RTCPeerConnection(config), ["127.0.0.1"])
         self.video = ColorVideoTrack(rgb) if rgb is not None else None
         self.audio = ToneAudioTrack(tone) if tone is not None else None
         self.received: dict[str, Received] = {}  # msid track id -> what arrived
@@ -137,11 +143,18 @@ class Peer:
         except MediaStreamError:
             return
 
-    async def offer(self) -> str:
+    def add_tracks(self) -> None:
         if self.audio is not None:
             self.pc.addTrack(self.audio)
         if self.video is not None:
-            self.pc.addTrack(self.video)
+            sender = self.pc.addTrack(self.video)
+            if self.video_codec is not None:
+                transceiver = next(t for t in self.pc.getTransceivers() if t.sender is sender)
+                caps = RTCRtpSender.getCapabilities("video").codecs
+                transceiver.setCodecPreferences([c for c in caps if c.mimeType == self.video_codec])
+
+    async def offer(self) -> str:
+        self.add_tracks()
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp
 
@@ -172,9 +185,17 @@ class Signaling:
         self._changed = asyncio.Event()
 
     async def join(self, peer: Peer) -> None:
+        """The participant offers, the relay answers."""
         self.peers[peer.name] = peer
         negotiated = await self.conference.add_participant(peer.name, offer_sdp=await peer.offer())
         await peer.accept(negotiated.sdp)
+
+    async def join_relay_offers(self, peer: Peer) -> None:
+        """The relay offers (MSC3898 style), the participant answers with its media."""
+        self.peers[peer.name] = peer
+        negotiated = await self.conference.add_participant(peer.name)
+        peer.add_tracks()
+        await self.conference.accept_answer(peer.name, await peer.answer(negotiated.sdp))
 
     async def _pump(self) -> None:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from aiortc import sdp as aiortc_sdp
 
 from visio_matrix.relay import Relay
 
@@ -26,12 +27,12 @@ async def test_three_participants_receive_each_others_colour_and_tone(relay: Rel
             await signaling.join(Peer(name, COLORS[name], TONES[name]))
 
         def all_flowing() -> bool:
-            for name, peer in signaling.peers.items():
+            for peer in signaling.peers.values():
                 got = [
                     r
                     for r in peer.received.values()
                     if r.frames >= 20
-                    and (r.kind == "video" and r.last_rgb or r.kind == "audio" and len(r.audio) >= 50)
+                    and ((r.kind == "video" and r.last_rgb) or (r.kind == "audio" and len(r.audio) >= 50))
                 ]
                 if len(got) < 4:
                     return False
@@ -60,5 +61,43 @@ async def test_three_participants_receive_each_others_colour_and_tone(relay: Rel
             assert seen == {(p, k) for p in others for k in ("audio", "video")}
         stats = conference.stats()
         assert stats.packets_out > 0 and stats.packets_in > 0
+    finally:
+        await signaling.close()
+
+
+async def test_h264_is_forwarded_without_transcoding(relay: Relay) -> None:
+    conference = await relay.create_conference("h264")
+    signaling = Signaling(relay, conference)
+    try:
+        await signaling.join(Peer("alice", COLORS["alice"], TONES["alice"], video_codec="video/H264"))
+        await signaling.join(Peer("bob", COLORS["bob"], TONES["bob"]))
+        published = {t.participant_id: t.codec for t in conference.published_tracks() if t.kind == "video"}
+        assert published == {"alice": "video/H264", "bob": "video/VP8"}
+        owners = publisher_of(signaling, "bob")
+
+        def bob_sees_alice() -> bool:
+            return any(
+                owners.get(tid, ("", ""))[0] == "alice"
+                and r.kind == "video"
+                and r.frames >= 10
+                and r.last_rgb
+                for tid, r in signaling.peers["bob"].received.items()
+            )
+
+        await signaling.wait_for(bob_sees_alice, 30, "bob decoding alice's H264 video")
+        record = next(
+            r
+            for tid, r in signaling.peers["bob"].received.items()
+            if owners.get(tid, ("", ""))[0] == "alice" and r.kind == "video"
+        )
+        assert record.last_rgb is not None
+        assert all(abs(a - b) < 40 for a, b in zip(record.last_rgb, COLORS["alice"], strict=True))
+        # The m-line carrying alice's video to bob offers H264 only: no transcoding path exists.
+        mid = next(
+            s.mid for s in conference.streams_for("bob") if s.publisher_id == "alice" and s.kind == "video"
+        )
+        sections = aiortc_sdp.SessionDescription.parse(signaling.peers["bob"].pc.remoteDescription.sdp).media
+        section = next(m for m in sections if m.rtp.muxId == mid)
+        assert {c.mimeType for c in section.rtp.codecs} == {"video/H264", "video/rtx"}
     finally:
         await signaling.close()

@@ -69,6 +69,7 @@ async def test_stalled_subscriber_does_not_slow_the_others() -> None:
     relay = Relay(relay_options(subscriber_queue_size=32), SystemClock())
     conference = await relay.create_conference("stall")
     signaling = Signaling(relay, conference)
+    never = asyncio.Event()
     try:
         for name, rgb, tone in (
             ("alice", (230, 20, 20), 440),
@@ -90,7 +91,6 @@ async def test_stalled_subscriber_does_not_slow_the_others() -> None:
         carol = signaling.peers["carol"]
         for task in carol._readers:
             task.cancel()
-        never = asyncio.Event()
 
         async def hang(data: bytes) -> None:
             await never.wait()
@@ -113,5 +113,6 @@ async def test_stalled_subscriber_does_not_slow_the_others() -> None:
         carol_stats = next(s for s in conference.stats().participants if s.participant_id == "carol")
         assert carol_stats.drops > drops_before + 50, "carol's queue overflowed and the drops were counted"
     finally:
+        never.set()  # release the hung sends so aiortc can send its RTCP BYE and close
         await signaling.close()
         await relay.close()

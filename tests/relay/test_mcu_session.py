@@ -169,14 +169,6 @@ def band_energy(samples: np.ndarray, freq: float, half_width: float = 25.0) -> f
     return float(spectrum[(freqs > freq - half_width) & (freqs < freq + half_width)].sum())
 
 
-def tone_prominence(samples: np.ndarray, freq: float) -> float:
-    """Peak of the spectrum at `freq` over the median around it: large for a tone, small for noise."""
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    freqs = np.fft.rfftfreq(len(samples), 1 / 48000)
-    peak = spectrum[np.abs(freqs - freq) < 5].max()
-    return float(peak / np.median(spectrum[np.abs(freqs - freq) < 150]))
-
-
 def tile_colours(frame: av.VideoFrame, count: int) -> list[np.ndarray]:
     rgb = frame.to_ndarray(format="rgb24")
     out = []
@@ -398,11 +390,13 @@ async def test_bad_input_never_raises_and_the_mix_continues() -> None:
     try:
         for source_id in TONES:
             rig.add(source_id)
-        audio, video = rig.mcu.add_sink("listener")
+        # The sink is c, whose packets are corrupted: its own garbage (Opus decodes random bytes into
+        # noise) is subtracted from what it hears, so the tones of a and b can be checked exactly.
+        audio, video = rig.mcu.add_sink("c")
         rec_audio, rec_video = Recorder(audio), Recorder(video)
 
         def corrupt(source_id: str, packet: RtpPacket) -> RtpPacket | None:
-            if source_id == "c" and random.random() < 0.15:
+            if source_id == "c" and random.random() < 0.5:
                 packet.payload = os.urandom(random.randint(0, 300))
             return packet
 
@@ -425,10 +419,10 @@ async def test_bad_input_never_raises_and_the_mix_continues() -> None:
         assert stats.packets_ignored >= 3
         assert stats.bad_packets + stats.decode_errors > 0
         tail = rec_audio.audio()[-int(0.6 * 48000) :]
-        # c's garbage decodes to noise: look for tones standing out of it. b is gone, a still mixed.
-        assert tone_prominence(tail, TONES["a"]) > 10 > 4 > tone_prominence(tail, TONES["b"])
+        # b is gone, a is still mixed.
+        assert band_energy(tail, TONES["a"]) > 1000 * band_energy(tail, TONES["b"])
         last = rec_video.frames[-1]
-        tiles = tile_colours(last, 2)  # b's tile is gone: a and c remain
+        tiles = tile_colours(last, 1)  # b's tile is gone: only a's remains
         assert near(tiles[0], COLOURS["a"]), tiles
         assert "b" not in rig.mcu.levels()
     finally:

@@ -7,7 +7,12 @@ import math
 import av
 import numpy as np
 import pytest
+from aiortc.codecs import depayload, get_decoder, get_encoder
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
+from visio_matrix.relay.mcu import McuSession
 from visio_matrix.relay.mcu.clock import next_deadline
 from visio_matrix.relay.mcu.compositor import Compositor
 from visio_matrix.relay.mcu.decoder import Picture
@@ -163,3 +168,71 @@ def test_compositor_places_each_picture_in_its_cell_and_caches_scaling() -> None
     assert (compositor.scaled, compositor.composed) == (2, 2)  # same pictures: no new scaling
     compositor.compose([("r", Picture(1, solid((20, 220, 20)), 0.1)), ("b", blue), ("none", None)])
     assert compositor.scaled == 3  # only the new picture is scaled
+
+
+# -- keyframe requests (the decoder thread's callback, driven directly with a fake clock) ----------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+async def test_keyframe_requests_are_throttled_per_source_on_the_injected_clock() -> None:
+    clock, calls = FakeClock(), list[str]()
+    mcu = McuSession(calls.append, clock, keyframe_interval=0.5)
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    try:
+        mcu.add_source("v", "video", vp8)
+        mcu.add_source("w", "video", vp8)
+        for t in (0.0, 0.1, 0.49, 0.5, 0.6, 1.2):
+            clock.t = t
+            mcu._keyframe_needed("v")
+        mcu._keyframe_needed("w")  # another source has its own budget
+        mcu._keyframe_needed("gone")  # a source that left (or never was): nothing
+        assert calls == ["v", "v", "v", "w"]
+        assert mcu.stats().keyframe_requests == 4
+    finally:
+        await mcu.close()
+
+
+# -- the aiortc internals the decoder relies on (aiortc is pinned; these fail loudly on an upgrade) -
+
+
+def test_aiortc_jitter_buffer_reassembles_frames_from_packet_data() -> None:
+    buffer = JitterBuffer(capacity=128, is_video=True)
+    out = []
+    for seq, timestamp, data in ((10, 3000, b"ab"), (11, 3000, b"cd"), (12, 6000, b"ef")):
+        packet = RtpPacket(sequence_number=seq, timestamp=timestamp)
+        packet._data = data  # type: ignore[attr-defined]
+        lost, frame = buffer.add(packet)
+        assert lost is False
+        out.append(frame)
+    assert out[:2] == [None, None]
+    assert isinstance(out[2], JitterFrame) and (out[2].data, out[2].timestamp) == (b"abcd", 3000)
+    # A jump beyond the capacity is reported as loss (the decoder then waits for a keyframe).
+    packet = RtpPacket(sequence_number=12 + 400, timestamp=9000)
+    packet._data = b"gh"  # type: ignore[attr-defined]
+    assert buffer.add(packet)[0] is True
+
+
+def test_aiortc_codec_helpers_used_by_the_decoder() -> None:
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    assert depayload(vp8, b"\x90\x80\x92\x34XYZ") == b"XYZ"  # VP8 descriptor with a 15-bit picture id
+    with pytest.raises(ValueError):
+        depayload(vp8, b"")
+    assert depayload(opus, b"opaque") == b"opaque"
+    frames = get_decoder(opus).decode(JitterFrame(get_encoder(opus).encode(_opus_input())[0][0], 0))
+    assert frames and isinstance(frames[0], av.AudioFrame) and frames[0].sample_rate == 48000
+    with pytest.raises(ValueError):
+        get_decoder(RTCRtpCodecParameters(mimeType="video/AV1", clockRate=90000, payloadType=45))
+
+
+def _opus_input() -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(tone(440, 5000).reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate, frame.pts = 48000, 0
+    return frame

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from visio_matrix.relay import RelayOptions
 from visio_matrix.relay.errors import InvalidSdpError, UnsupportedCodecError
 from visio_matrix.relay.history import RtpHistory
 from visio_matrix.relay.keyframe import KeyframeThrottle, h264_is_keyframe_start, vp8_is_keyframe_start
@@ -216,3 +219,20 @@ def test_bad_sdp_is_refused_with_a_precise_error(sdp: str, error: type[Exception
 def test_answers_are_not_filtered() -> None:
     sdp = _offer(audio_codecs="0 111")
     assert check(sdp, "answer") == sdp
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"host_addresses": ()}, "host_addresses must name at least one address"),
+        ({"udp_port_min": 5000, "udp_port_max": 4000}, "UDP port range 5000-4000 is invalid"),
+        ({"udp_port_max": 70000}, "UDP port range 40000-70000 is invalid"),
+        ({"connect_timeout": 0}, "connect_timeout must be positive"),
+        ({"subscriber_queue_size": 0}, "subscriber_queue_size must be at least 1"),
+    ],
+)
+def test_relay_options_are_validated(overrides: dict[str, object], message: str) -> None:
+    base: dict[str, object] = {"host_addresses": ("127.0.0.1",), "udp_port_min": 40000, "udp_port_max": 40999}
+    base.update(overrides)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RelayOptions(**base)  # type: ignore[arg-type]

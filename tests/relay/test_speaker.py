@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from visio_matrix.relay.speaker import ActiveSpeakerDetector
+from visio_matrix.relay.speaker import ActiveSpeakerDetector, levels_from_mcu
 
 LOUD, TALK, QUIET, SILENT = 10, 30, 60, 127
 
@@ -81,5 +81,20 @@ def test_leaving_speaker_hands_over_or_clears() -> None:
 
 
 def test_level_out_of_range_is_refused() -> None:
-    with pytest.raises(ValueError, match="0..127"):
+    with pytest.raises(ValueError, match=r"0\.\.127"):
         ActiveSpeakerDetector().observe("a", 128, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("levels", "with_extension", "expected"),
+    [
+        ({"a": -20.0, "b": -127.0}, set(), {"a": 20, "b": 127}),
+        ({"a": -20.4, "b": 3.0}, set(), {"a": 20, "b": 0}),  # clamped to 0..127
+        ({"a": -200.0}, set(), {"a": 127}),
+        ({"a": -20.0, "b": -30.0}, {"a"}, {"b": 30}),  # the RTP extension wins for a
+    ],
+)
+def test_levels_from_mcu(
+    levels: dict[str, float], with_extension: set[str], expected: dict[str, int]
+) -> None:
+    assert levels_from_mcu(levels, with_extension) == expected

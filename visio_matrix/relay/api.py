@@ -57,6 +57,18 @@ class RelayOptions:
                 f"UDP port range {self.udp_port_min}-{self.udp_port_max} is invalid "
                 "(expected 1 <= min <= max <= 65535)"
             )
+        for name in ("connect_timeout", "keyframe_min_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in (
+            "subscriber_queue_size",
+            "history_size",
+            "max_sdp_bytes",
+            "max_media_sections",
+            "event_queue_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -207,11 +219,18 @@ class ConferenceApi(Protocol):
         offer_sdp: str | None = None,
         mode: ParticipantMode = "sfu",
         metadata: Mapping[str, str] | None = None,
+        stream_purposes: Mapping[str, str] | None = None,
     ) -> Negotiated:
-        """With an offer: returns the answer. Without: returns the relay's offer (see accept_answer)."""
+        """With an offer: returns the answer. Without: returns the relay's offer (see accept_answer).
+
+        ``stream_purposes`` maps the participant's own msid stream ids to a purpose
+        ("m.usermedia", "m.screenshare"), as Matrix ``sdp_stream_metadata`` gives it.
+        """
         ...
 
-    async def apply_offer(self, participant_id: str, offer_sdp: str) -> Negotiated: ...
+    async def apply_offer(
+        self, participant_id: str, offer_sdp: str, stream_purposes: Mapping[str, str] | None = None
+    ) -> Negotiated: ...
 
     async def accept_answer(self, participant_id: str, answer_sdp: str) -> None: ...
 
@@ -234,6 +253,8 @@ class ConferenceApi(Protocol):
     def streams_for(self, participant_id: str) -> tuple[StreamInfo, ...]: ...
 
     def published_tracks(self) -> tuple[PublishedTrack, ...]: ...
+
+    def participant_ids(self) -> tuple[str, ...]: ...
 
     def stats(self) -> ConferenceStats: ...
 

@@ -54,12 +54,13 @@ from .errors import (
 from .forwarding import DownTrack, UpTrack
 from .participant import Participant
 from .sdp_check import FORWARDABLE, check_remote_sdp
-from .speaker import ActiveSpeakerDetector
+from .speaker import ActiveSpeakerDetector, levels_from_mcu
 from .tasks import TaskOwner
 
 logger = logging.getLogger(__name__)
 
 SPEAKER_EVAL_INTERVAL = 0.1
+MCU_LEVELS_INTERVAL = 0.1
 
 
 class Conference:
@@ -84,6 +85,7 @@ class Conference:
         self._last_speaker_eval = 0.0
         self._mcu: Any = None
         self._mcu_sources: set[tuple[str, str]] = set()
+        self._level_ext_seen: set[str] = set()  # participants whose audio carries RFC 6464 levels
         self._closed = False
 
     # ---- API ------------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ class Conference:
             except BaseException:
                 await self._remove(p, emit=False)
                 raise
-            self._tasks.spawn(self._watch_connect(p), f"connect:{participant_id}")
+            p.watch_task = self._tasks.spawn(self._watch_connect(p), f"connect:{participant_id}")
             await self._reconcile()
             return result
 
@@ -423,6 +425,9 @@ class Conference:
             self._emit(ParticipantConnected(self.conference_id, p.id))
         elif state == "failed" and not p.closed:
             self._tasks.spawn(self._fail(p, "ICE/DTLS connection failed"), f"fail:{p.id}")
+        elif state == "closed" and not p.closed:
+            # aiortc closes the connection itself when the peer closed DTLS (a hang-up).
+            self._tasks.spawn(self._peer_left(p), f"left:{p.id}")
 
     async def _watch_connect(self, p: Participant) -> None:
         timeout = self._options.connect_timeout
@@ -440,9 +445,20 @@ class Conference:
             self._emit(ParticipantFailed(self.conference_id, p.id, reason))
             await self._reconcile()
 
+    async def _peer_left(self, p: Participant) -> None:
+        async with self._lock:
+            if p.closed or self._participants.get(p.id) is not p:
+                return
+            logger.info("conference %s: participant %s closed its connection", self.conference_id, p.id)
+            await self._remove(p)
+            self._emit(ParticipantLeft(self.conference_id, p.id))
+            await self._reconcile()
+
     async def _remove(self, p: Participant, emit: bool = True) -> None:
         if self._participants.get(p.id) is p:
             del self._participants[p.id]
+        if p.watch_task is not None and p.watch_task is not asyncio.current_task():
+            p.watch_task.cancel()
         for t in list(p.ups):
             up = p.ups[t]
             for down in list(up.downs):
@@ -463,6 +479,7 @@ class Conference:
             if p.mode == "mcu":
                 self._mcu.remove_sink(p.id)
         self._speaker.remove(p.id)
+        self._level_ext_seen.discard(p.id)
         if emit:
             self._evaluate_speaker(force=True)
         await p.close()
@@ -483,6 +500,7 @@ class Conference:
     # ---- active speaker -------------------------------------------------------------------------
 
     def _on_level(self, participant_id: str, level: int) -> None:
+        self._level_ext_seen.add(participant_id)
         self._speaker.observe(participant_id, max(0, min(127, level)), self._clock.now())
         self._evaluate_speaker()
 
@@ -505,9 +523,22 @@ class Conference:
         except ImportError as exc:
             raise McuUnavailableError(f"mcu-mode participants need visio_matrix.relay.mcu: {exc}") from exc
         self._mcu = McuSession(self._mcu_keyframe, self._clock)
+        self._tasks.spawn(self._mcu_levels_loop(), "mcu-levels")
         for p in self._participants.values():
             for up in p.ups.values():
                 self._add_mcu_source(p, up)
+
+    async def _mcu_levels_loop(self) -> None:
+        """Active speaker for audio without the level extension, from the levels the MCU decodes."""
+        while self._mcu is not None:
+            await asyncio.sleep(MCU_LEVELS_INTERVAL)
+            if self._mcu is None:
+                return
+            now = self._clock.now()
+            for pid, level in levels_from_mcu(self._mcu.levels(), self._level_ext_seen).items():
+                if pid in self._participants:
+                    self._speaker.observe(pid, level, now)
+            self._evaluate_speaker()
 
     def _add_mcu_source(self, p: Participant, up: UpTrack) -> None:
         key = (p.id, up.info.kind)

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc import sdp as aiortc_sdp
 
 from . import aiortc_hooks as hooks
@@ -44,7 +44,11 @@ class Participant:
         self.id = participant_id
         self.mode = mode
         self.metadata = dict(metadata)
-        self.pc = hooks.restrict_ice(RTCPeerConnection(RTCConfiguration(iceServers=[])), addresses, ports)
+        # max-bundle: every m-line on one transport from the start. With aiortc's default
+        # ("balanced") a second m-line of a kind in the first offer stays on a transport that
+        # BUNDLE then discards, and its sender never starts.
+        config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        self.pc = hooks.restrict_ice(RTCPeerConnection(config), addresses, ports)
         self.counters = Counters()
         self.ups: dict[RTCRtpTransceiver, UpTrack] = {}
         self.downs: dict[UpTrack, DownTrack] = {}
@@ -54,6 +58,7 @@ class Participant:
         self.negotiated_once = False
         self.needs_offer = False
         self.connected = asyncio.Event()
+        self.watch_task: asyncio.Task[None] | None = None  # the connect timeout
         self.closed = False
         self.writer = SubscriberWriter(self.counters, queue_size, tasks, participant_id)
 

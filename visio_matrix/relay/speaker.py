@@ -92,3 +92,15 @@ class ActiveSpeakerDetector:
     def _expire(self, samples: deque[tuple[float, int]], now: float) -> None:
         while samples and samples[0][0] <= now - self._window:
             samples.popleft()
+
+
+def levels_from_mcu(levels_dbov: dict[str, float], with_extension: set[str]) -> dict[str, int]:
+    """MCU-measured levels (dBov, 0 = full scale, negative below) as RFC 6464 levels (0..127).
+
+    Participants whose packets carry the audio-level extension are left out: that source wins.
+    """
+    return {
+        pid: max(0, min(127, round(-level)))
+        for pid, level in levels_dbov.items()
+        if pid not in with_extension
+    }

@@ -1,7 +1,9 @@
 """Time source of the MCU path, and the pure deadline arithmetic of its periodic ticks.
 
-The mixer and the compositor run on fixed periods (20 ms audio, 1/fps video). They read time from a
-`Clock` passed in, so the tick schedule is testable without sleeping.
+The injected `Clock` drives the decisions that depend on time (keyframe-request throttling, picture
+ages), so they are testable with a fake clock. The mixer and compositor ticks (20 ms audio, 1/fps
+video) are media cadence: they sleep on the event loop's clock, with `next_deadline` deciding the
+schedule, and media timestamps count ticks.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Decoding of one publisher's stream, and the thread that decodes every source of a session.
 
-`SourcePipeline` turns RTP packets of one (source, kind) into decoded media: for video, aiortc's
-JitterBuffer reassembles frames; audio packets are whole frames, decoded on arrival (late or
-duplicate packets are dropped: waiting for reordering would add a packet time of latency, and the
-mixer's FIFO already absorbs jitter); aiortc's depayloader and decoder (`aiortc.codecs`) decode. Audio lands in a
-`SampleFifo` (mono s16 48 kHz, whatever the codec's rate); video keeps only the latest picture.
+`SourcePipeline` turns RTP packets of one (source, kind) into decoded media with aiortc's
+depayloaders and decoders (`aiortc.codecs`). Video frames are reassembled by aiortc's JitterBuffer;
+audio packets are whole frames, decoded on arrival (late or duplicate packets are dropped: waiting
+for reordering would add a packet time of latency, and the mixer's FIFO already absorbs jitter).
+Audio lands in a `SampleFifo` (mono s16 48 kHz, whatever the codec's rate); video keeps only the
+latest picture.
 VP8 is gated on keyframes: until a keyframe arrives (at start, after loss or a decode error) frames
 are skipped and the pipeline asks for a keyframe instead of feeding garbage to the decoder.
 

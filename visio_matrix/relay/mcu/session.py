@@ -83,6 +83,7 @@ class McuSession:
         self._request_keyframe = request_keyframe
         self._clock: Clock = clock or MonotonicClock()
         self._video_period = 1.0 / fps
+        self._video_pts_step = round(VIDEO_CLOCK_RATE / fps)
         self._keyframe_interval = keyframe_interval
         self._compositor = Compositor(width, height)
         self._worker = DecodeWorker(self._keyframe_needed, self._clock.now)
@@ -92,8 +93,6 @@ class McuSession:
         self._last_keyframe_request: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._started_at: float | None = None
-        self._last_video_pts = -1
         self._packets_in = 0
         self._packets_ignored = 0
         self._keyframe_requests = 0
@@ -110,6 +109,8 @@ class McuSession:
         old = self._pipelines.pop((source_id, kind), None)
         if old is not None:
             old.closed = True
+            if kind == "video":
+                self._compositor.forget(source_id)  # the new pipeline numbers its pictures from 0
         self._pipelines[(source_id, kind)] = pipeline
         if kind == "audio":
             self._meters.setdefault(source_id, LevelMeter())
@@ -117,11 +118,14 @@ class McuSession:
         self._ensure_started()
 
     def feed(self, source_id: str, kind: str, packet: RtpPacket) -> None:
-        """Queue one received RTP packet (RTX already unwrapped); never blocks, never raises."""
+        """Queue one received RTP packet (RTX already unwrapped); never blocks, never raises.
+
+        Packets whose payload type differs from the source codec's (when it has one) are ignored."""
         self._packets_in += 1
         pipeline = self._pipelines.get((source_id, kind))
         try:
-            if pipeline is None or self._closed or packet.payload_type != pipeline.codec.payloadType:
+            expected_pt = pipeline.codec.payloadType if pipeline is not None else None
+            if pipeline is None or self._closed or expected_pt not in (None, packet.payload_type):
                 self._packets_ignored += 1
                 return
             item = RtpItem(packet.sequence_number, packet.timestamp, bytes(packet.payload))
@@ -224,7 +228,6 @@ class McuSession:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # started by the first call made from the event loop
-        self._started_at = self._clock.now()
         self._worker.start(loop)
         self._tasks = [
             loop.create_task(self._run_periodic(AUDIO_PERIOD, self._audio_tick), name="mcu-audio"),
@@ -232,14 +235,17 @@ class McuSession:
         ]
 
     async def _run_periodic(self, period: float, tick: Callable[[], None]) -> None:
-        deadline = self._clock.now()
+        # Scheduled on the event loop's own clock (the one asyncio.sleep uses), so that an injected
+        # test clock cannot stretch or freeze the media cadence; media timestamps count ticks.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
         while True:
             try:
                 tick()
             except Exception:  # one bad tick must not end the mix for everyone
                 logger.exception("mcu: %s failed", tick.__name__)
-            deadline = next_deadline(deadline, period, self._clock.now())
-            await asyncio.sleep(max(0.0, deadline - self._clock.now()))
+            deadline = next_deadline(deadline, period, loop.time())
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
 
     # -- keyframes -------------------------------------------------------------------------------
 
@@ -291,6 +297,7 @@ class McuSession:
                 sink.audio.push(shared)
 
     def _video_tick(self) -> None:
+        pts = self._video_ticks * self._video_pts_step
         self._video_ticks += 1
         if not self._sinks:
             return
@@ -299,9 +306,6 @@ class McuSession:
         for sink_id, sink in self._sinks.items():
             visible = tuple(source_id for source_id in order if source_id != sink_id)
             groups.setdefault(visible, []).append(sink)
-        assert self._started_at is not None
-        pts = max(self._last_video_pts + 1, int((self._clock.now() - self._started_at) * VIDEO_CLOCK_RATE))
-        self._last_video_pts = pts
         for visible, members in groups.items():
             frame = self._compositor.compose(
                 [(source_id, self._pipelines[(source_id, "video")].picture) for source_id in visible]
