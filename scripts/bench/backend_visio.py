@@ -31,7 +31,7 @@ class VisioBackend:
             RelayOptions(host_addresses=(host,), udp_port_min=port_min, udp_port_max=port_max),
             SystemClock(),
         )
-        self._offers: dict[str, asyncio.Queue[str]] = {}
+        self._offers: dict[str, asyncio.Queue[str | None]] = {}  # None: closing
         self._conference: Conference | None = None
         self._pump: asyncio.Task[None] | None = None
         self.failures: list[str] = []
@@ -42,7 +42,7 @@ class VisioBackend:
             self._pump = asyncio.create_task(self._pump_events())
         return self._conference
 
-    def _queue(self, name: str) -> asyncio.Queue[str]:
+    def _queue(self, name: str) -> asyncio.Queue[str | None]:
         return self._offers.setdefault(name, asyncio.Queue())
 
     async def _pump_events(self) -> None:
@@ -87,6 +87,8 @@ class VisioBackend:
         return stats
 
     async def close(self) -> None:
+        for queue in self._offers.values():  # end pending long polls now, not after POLL_TIMEOUT_S
+            queue.put_nowait(None)
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):

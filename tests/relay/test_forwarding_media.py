@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiortc import sdp as aiortc_sdp
 
-from visio_matrix.relay import Relay
+from visio_matrix.relay import ActiveSpeakerChanged, Relay
 
 from .peers import Peer, Signaling
 
@@ -61,6 +61,14 @@ async def test_three_participants_receive_each_others_colour_and_tone(relay: Rel
             assert seen == {(p, k) for p in others for k in ("audio", "video")}
         stats = conference.stats()
         assert stats.packets_out > 0 and stats.packets_in > 0
+        # RTT needs a sender report and the receiver report answering it (0.5-1.5 s apart each).
+        await signaling.wait_for(
+            lambda: all(p.rtt_s is not None for p in conference.stats().participants), 10, "RTT estimates"
+        )
+        assert all(p.rtt_s is not None and 0 < p.rtt_s < 1 for p in conference.stats().participants)
+        # Everybody sends a loud tone with the RFC 6464 level extension: someone is the speaker.
+        speakers = [e.participant_id for e in signaling.events if isinstance(e, ActiveSpeakerChanged)]
+        assert speakers and speakers[0] in COLORS
     finally:
         await signaling.close()
 

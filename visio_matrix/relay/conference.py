@@ -16,11 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from aiortc import RTCIceCandidate, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import RTCIceCandidate, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
-from aiortc.exceptions import InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from ..clock import Clock
 from . import aiortc_hooks as hooks
@@ -40,20 +39,19 @@ from .api import (
     TrackPublished,
     TrackUnpublished,
 )
+from .codec_policy import capabilities_matching, prefer_forwardable, translate_error
 from .errors import (
     ClosedError,
     DuplicateParticipantError,
     InvalidCandidateError,
-    InvalidSdpError,
     McuUnavailableError,
     NegotiationError,
     RelayError,
     UnknownParticipantError,
-    UnsupportedCodecError,
 )
 from .forwarding import DownTrack, UpTrack
 from .participant import Participant
-from .sdp_check import FORWARDABLE, check_remote_sdp
+from .sdp_check import check_remote_sdp
 from .speaker import ActiveSpeakerDetector, levels_from_mcu
 from .tasks import TaskOwner
 
@@ -155,7 +153,7 @@ class Conference:
             try:
                 await p.pc.setRemoteDescription(RTCSessionDescription(checked, "answer"))
             except Exception as exc:
-                raise _translate(exc) from exc
+                raise translate_error(exc) from exc
             p.negotiated_once = True
             self._sync_publications(p)
             await self._reconcile()
@@ -265,12 +263,12 @@ class Conference:
         try:
             await p.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
         except Exception as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc) from exc
         if purposes:
             p.stream_purposes.update(purposes)
         if p.mode == "mcu" and not p.mix_transceivers:
             self._attach_mix(p, initial=False)
-        _prefer_forwardable(p)
+        prefer_forwardable(p)
         answer = await p.pc.createAnswer()
         await p.pc.setLocalDescription(answer)
         p.negotiated_once = True
@@ -290,7 +288,7 @@ class Conference:
         for up in desired:
             if up not in p.downs:
                 self._attach(p, up)
-        _prefer_forwardable(p)
+        prefer_forwardable(p)
         offer = await p.pc.createOffer()
         await p.pc.setLocalDescription(offer)
         p.needs_offer = False
@@ -325,7 +323,7 @@ class Conference:
         kind = up.info.kind
         transceiver = p.pc.addTransceiver(hooks.ForwardedTrack(kind, up.info.track_id), direction="sendonly")
         hooks.set_sender_stream_id(transceiver.sender, up.info.stream_id)
-        transceiver.setCodecPreferences(_capabilities_matching(kind, up.codec))
+        transceiver.setCodecPreferences(capabilities_matching(kind, up.codec))
         publisher = self._participants[up.info.participant_id]
         info = StreamInfo(
             stream_id=up.info.stream_id,
@@ -583,38 +581,3 @@ def _relay_stream_id(p: Participant, origin_stream: str | None) -> str:
         if (up.info.origin_stream_id or "") == key:
             return up.info.stream_id
     return f"{p.id}:{secrets.token_hex(6)}"
-
-
-def _capabilities_matching(kind: str, codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
-    """The sender capabilities equal to the publisher's codec (same mime and H264 profile), + RTX."""
-    caps = RTCRtpSender.getCapabilities(kind).codecs
-    mime = codec.mimeType.lower()
-    same = [c for c in caps if c.mimeType.lower() == mime]
-    if mime == "video/h264":
-        keys = ("packetization-mode", "profile-level-id")
-        exact = [c for c in same if all(c.parameters.get(k) == codec.parameters.get(k) for k in keys)]
-        same = exact or same
-    rtx = [c for c in caps if c.mimeType.lower().endswith("/rtx")]
-    return same[:1] + rtx
-
-
-def _prefer_forwardable(p: Participant) -> None:
-    """Offer/answer only forwardable codecs on the m-lines the participant publishes on."""
-    for t in p.pc.getTransceivers():
-        if t in p.down_transceivers or hooks.has_codec_preferences(t):
-            continue
-        caps = RTCRtpSender.getCapabilities(t.kind).codecs
-        allowed = FORWARDABLE[t.kind]
-        wanted = [c for c in caps if c.mimeType.lower() in allowed]
-        wanted += [c for c in caps if c.mimeType.lower().endswith("/rtx")] if t.kind == "video" else []
-        t.setCodecPreferences(wanted)
-
-
-def _translate(exc: Exception) -> RelayError:
-    if isinstance(exc, RelayError):
-        return exc
-    if isinstance(exc, OperationError):
-        return UnsupportedCodecError(f"no codec in common with the relay: {exc}")
-    if isinstance(exc, InvalidStateError):
-        return NegotiationError(f"SDP in the wrong signaling state: {exc}")
-    return InvalidSdpError(f"SDP refused: {exc!r}")

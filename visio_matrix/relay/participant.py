@@ -60,6 +60,7 @@ class Participant:
         self.connected = asyncio.Event()
         self.watch_task: asyncio.Task[None] | None = None  # the connect timeout
         self.closed = False
+        self._closing: asyncio.Future[None] | None = None
         self.writer = SubscriberWriter(self.counters, queue_size, tasks, participant_id)
 
     @property
@@ -102,4 +103,14 @@ class Participant:
     async def close(self) -> None:
         self.closed = True
         await self.writer.close()
-        await self.pc.close()
+        # aiortc's close() may already be running (it closes itself when the peer closes DTLS) and a
+        # second close() awaits the first one's future: cancelling that await would cancel the
+        # future and break aiortc's close. So the close runs in its own task, shielded, and is
+        # always awaited to the end.
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self.pc.close())
+        try:
+            await asyncio.shield(self._closing)
+        except asyncio.CancelledError:
+            await self._closing
+            raise
