@@ -11,6 +11,7 @@ import logging
 from typing import Protocol
 
 from visio_matrix.clock import Clock
+from visio_matrix.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class Housekeeping:
         self._clock = clock
         self._retention = retention
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskOwner("housekeeping")
 
     async def run_once(self) -> int:
         removed = await self._store.prune(self._clock.wall_ms() - int(self._retention * 1000))
@@ -50,13 +51,7 @@ class Housekeeping:
             await asyncio.sleep(self._interval)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="housekeeping")
+        self._tasks.spawn(self._loop(), "prune")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._tasks.close()

@@ -1,5 +1,6 @@
-"""Relay benchmark (``scripts/bench-relay``): our SFU vs aiortc's transcoding MediaRelay vs Janus.
+"""Benchmark code behind ``scripts/bench-*``.
 
-The orchestrator (:mod:`relay_bench`) starts the relay under test in its own process, peers in worker
+Relay benchmark (``scripts/bench-relay``): the orchestrator (:mod:`relay_bench`) starts the relay
+under test in its own process (:mod:`relay_server`, or Janus via :mod:`janus_server`), peers in worker
 processes (:mod:`peer_worker`), and measures the relay's CPU from ``/proc/<pid>/stat`` alone.
 """

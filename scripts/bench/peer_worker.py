@@ -247,9 +247,9 @@ class Worker:
             self.subscribers[sub] = state
         pc = self.new_pc()
         self.participant_pcs[home] = (pc, len(feeds))
-        # Every participant offers first, as the relay's own tests do; a receive-only participant
-        # offers receive-only audio + video. (add_participant(offer_sdp=None), the relay-offers
-        # path, left the video down track unstarted when this bench was written.)
+        # Every participant offers first (a LiveKit-style client, as in the relay's own tests); a
+        # receive-only participant offers receive-only audio + video. The relay then offers the
+        # other participants' tracks (NegotiationNeeded, long-polled by _renegotiate).
         if pub is not None:
             pc, ta, tv = self._publisher_pc(pub, pc)
         else:

@@ -297,14 +297,16 @@ def added(value: float | None, direct: float | None) -> float | None:
     return None if value is None or direct is None else round(value - direct, 2)
 
 
-def search_largest(opts: Options, start: int, limit: int, log: list[RunResult]) -> int | None:
+def search_largest(
+    opts: Options, start: int, limit: int, log: list[RunResult], backend: str = OURS
+) -> int | None:
     """Grow N while the N-participant all-to-all call keeps loss < 1 % and p99 latency < 200 ms, then
     bisect the gap between the last N that passed and the first that failed."""
 
     trial = dataclasses.replace(opts, seconds=min(opts.seconds, 12.0))
 
     def passes(n: int) -> bool:
-        r = run_backend(OURS, all_to_all(n, f"call{n}"), trial)
+        r = run_backend(backend, all_to_all(n, f"call{n}"), trial)
         log.append(r)
         print(describe(r), flush=True)
         return (
@@ -321,7 +323,9 @@ def search_largest(opts: Options, start: int, limit: int, log: list[RunResult]) 
     while n <= limit:
         if passes(n):
             good = n
-            n = min(limit + 1, int(n * 1.5) + 1) if n < limit else limit + 1
+            if n >= limit:
+                break
+            n = min(limit, int(n * 1.5) + 1)
         else:
             bad = n
             break
@@ -346,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="peer processes (default 4)")
     parser.add_argument("--backends", default="visio,transcoding,janus", help="comma-separated subset")
     parser.add_argument("--max-call", type=int, default=25, help="largest N tried by the call search")
+    parser.add_argument(
+        "--largest-janus", action="store_true", help="also search the largest call through Janus"
+    )
     parser.add_argument("--janus-event-loops", type=int, default=0, help="0 = Janus's default")
     parser.add_argument(
         "--profile",
@@ -402,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                 largest = search_largest(opts, 5, args.max_call, log)
                 best = next((r for r in log if r.scenario == f"call{largest}"), None) if largest else None
                 print(f"  largest call: {largest}")
+                if args.largest_janus and not janus_reason:
+                    print("the same search through Janus:")
+                    janus_largest = search_largest(opts, 5, args.max_call, [], JANUS)
+                    print(f"  largest call through Janus: {janus_largest}")
                 rows.append(row("largest_call", best, None, None, direct))
                 continue
             scenario = one_to_many(10) if name == "1x10" else all_to_all(5)

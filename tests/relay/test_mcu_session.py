@@ -23,7 +23,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from visio_matrix.relay.mcu import McuSession, MonotonicClock, to_rfc6464
+from visio_matrix.clock import SystemClock
+from visio_matrix.relay.mcu import McuSession, to_rfc6464
 from visio_matrix.relay.mcu.decoder import RtpItem, SourcePipeline
 from visio_matrix.relay.mcu.layout import grid
 from visio_matrix.relay.speaker import ActiveSpeakerDetector
@@ -98,7 +99,7 @@ class Rig:
     keyframe_requests: list[str] = field(default_factory=list)
     fed: dict[str, int] = field(default_factory=dict)
     hook: Callable[[str, RtpPacket], RtpPacket | None] | None = None
-    mcu_clock: MonotonicClock = field(default_factory=MonotonicClock)
+    mcu_clock: SystemClock = field(default_factory=SystemClock)
 
     def on_keyframe(self, source_id: str) -> None:
         self.keyframe_requests.append(source_id)
@@ -134,7 +135,7 @@ class Rig:
 
 
 async def make_rig() -> Rig:
-    clock = MonotonicClock()
+    clock = SystemClock()
     rig = Rig(mcu=McuSession(lambda s: rig.on_keyframe(s), clock), mcu_clock=clock)
     return rig
 
@@ -430,7 +431,7 @@ async def test_bad_input_never_raises_and_the_mix_continues() -> None:
 
 
 async def test_unsupported_codec_is_a_clear_error_and_close_is_idempotent() -> None:
-    mcu = McuSession(lambda s: None, MonotonicClock())
+    mcu = McuSession(lambda s: None, SystemClock())
     with pytest.raises(ValueError, match="No decoder"):
         mcu.add_source(
             "a", "video", RTCRtpCodecParameters(mimeType="video/AV1", clockRate=90000, payloadType=45)

@@ -13,12 +13,12 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from visio_matrix.relay.mcu import McuSession
-from visio_matrix.relay.mcu.clock import next_deadline
 from visio_matrix.relay.mcu.compositor import Compositor
 from visio_matrix.relay.mcu.decoder import Picture
 from visio_matrix.relay.mcu.layout import Rect, fit, grid, grid_shape
 from visio_matrix.relay.mcu.levels import SILENCE_DBOV, LevelMeter, dbov, to_rfc6464
 from visio_matrix.relay.mcu.mixer import FRAME_SAMPLES, SampleFifo, mix, soft_limit
+from visio_matrix.relay.mcu.ticks import next_deadline
 
 
 def tone(freq: float, amplitude: float, n: int = FRAME_SAMPLES) -> np.ndarray:

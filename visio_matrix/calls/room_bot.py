@@ -9,7 +9,6 @@ records in the store.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Protocol
 
@@ -21,6 +20,7 @@ from visio_matrix.config.model import PolicyConfig
 from visio_matrix.crypto.bot_device import Decrypted, Undecryptable
 from visio_matrix.metrics import Metrics
 from visio_matrix.storage import ConferenceExistsError, ConferenceRecord
+from visio_matrix.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +90,15 @@ class RoomBot:
         self._metrics = metrics
         self._pending_ttl = pending_ttl
         self._pending: list[tuple[RoomEvent, float]] = []
-        self._retry_task: asyncio.Task[None] | None = None
+        self._tasks = TaskOwner("room-bot")
 
     async def start(self) -> None:
         active = await self._store.list_active_conferences()
         self._metrics.active_conferences.set(len(active))
-        self._retry_task = asyncio.create_task(self._retry_loop(), name="room-bot-retry-decrypt")
+        self._tasks.spawn(self._retry_loop(), "retry-decrypt")
 
     async def stop(self) -> None:
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-            try:
-                await self._retry_task
-            except asyncio.CancelledError:
-                pass
-            self._retry_task = None
+        await self._tasks.close()
         if self._pending:
             log.warning("stopping with %d undecrypted events still waiting for keys", len(self._pending))
 

@@ -40,6 +40,7 @@ from visio_matrix.appservice.events import RoomEvent
 from visio_matrix.appservice.homeserver import HomeserverClient, MatrixError
 from visio_matrix.crypto.cross_signing import ensure_cross_signed
 from visio_matrix.metrics import Metrics
+from visio_matrix.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class BotDevice:
         self._metrics = metrics
         self._display_name = device_display_name
         self._client: AppserviceAsyncClient | None = None
-        self._sync_task: asyncio.Task[None] | None = None
+        self._tasks = TaskOwner("bot-device")
         self._synced = asyncio.Condition()
         self._sync_count = 0
         self._encrypted_rooms: set[str] = set()
@@ -201,16 +202,10 @@ class BotDevice:
             client.olm.account.identity_keys["ed25519"] if client.olm else "?",
             len(client.rooms),
         )
-        self._sync_task = asyncio.create_task(self._sync_forever(), name="bot-sync")
+        self._tasks.spawn(self._sync_forever(), "sync")
 
     async def stop(self) -> None:
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            try:
-                await self._sync_task
-            except asyncio.CancelledError:
-                pass
-            self._sync_task = None
+        await self._tasks.close()
         if self._client is not None:
             await self._client.close()
             self._client = None

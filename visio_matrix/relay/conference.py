@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from ..clock import Clock
+from ..tasks import TaskOwner
 from . import aiortc_hooks as hooks
 from .api import (
     ActiveSpeakerChanged,
@@ -53,7 +54,6 @@ from .forwarding import DownTrack, UpTrack
 from .participant import Participant
 from .sdp_check import check_remote_sdp
 from .speaker import ActiveSpeakerDetector, levels_from_mcu
-from .tasks import TaskOwner
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, wrap_rtx
 
 from ..clock import Clock
+from ..tasks import TaskOwner
 from . import aiortc_hooks as hooks
 from .api import PublishedTrack, StreamInfo
 from .history import RtpHistory
 from .keyframe import KeyframeThrottle, is_keyframe_start
 from .rewrite import SequenceRewriter, TimestampRewriter
-from .tasks import TaskOwner
 
 logger = logging.getLogger(__name__)
 

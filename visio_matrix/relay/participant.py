@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc import sdp as aiortc_sdp
 
+from ..tasks import TaskOwner
 from . import aiortc_hooks as hooks
 from .api import ParticipantMode, ParticipantStats
 from .forwarding import Counters, DownTrack, SubscriberWriter, UpTrack
-from .tasks import TaskOwner
 
 
 @dataclass(frozen=True)

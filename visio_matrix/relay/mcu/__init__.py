@@ -2,8 +2,7 @@
 publisher once, mix everyone's audio except the endpoint's own and compose a grid of the others'
 pictures; aiortc encodes the result per endpoint. See `session.McuSession`."""
 
-from .clock import Clock, MonotonicClock
 from .levels import dbov, to_rfc6464
 from .session import McuSession, McuStats
 
-__all__ = ["Clock", "McuSession", "McuStats", "MonotonicClock", "dbov", "to_rfc6464"]
+__all__ = ["McuSession", "McuStats", "dbov", "to_rfc6464"]

@@ -27,11 +27,12 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from .clock import Clock, MonotonicClock, next_deadline
+from ...clock import Clock, SystemClock
 from .compositor import Compositor
 from .decoder import DecodeWorker, RtpItem, SourcePipeline
 from .levels import SILENCE_DBOV, LevelMeter, dbov
 from .mixer import FRAME_SAMPLES, SAMPLE_RATE, Samples, mix
+from .ticks import next_deadline
 from .tracks import SinkTrack
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class McuSession:
         keyframe_interval: float = 0.5,
     ) -> None:
         self._request_keyframe = request_keyframe
-        self._clock: Clock = clock or MonotonicClock()
+        self._clock: Clock = clock or SystemClock()
         self._video_period = 1.0 / fps
         self._video_pts_step = round(VIDEO_CLOCK_RATE / fps)
         self._keyframe_interval = keyframe_interval

@@ -1,28 +1,12 @@
-"""Time source of the MCU path, and the pure deadline arithmetic of its periodic ticks.
+"""The pure deadline arithmetic of the MCU path's periodic ticks.
 
-The injected `Clock` drives the decisions that depend on time (keyframe-request throttling, picture
+The injected `visio_matrix.clock.Clock` drives the decisions that depend on time (keyframe-request throttling, picture
 ages), so they are testable with a fake clock. The mixer and compositor ticks (20 ms audio, 1/fps
 video) are media cadence: they sleep on the event loop's clock, with `next_deadline` deciding the
 schedule, and media timestamps count ticks.
 """
 
 from __future__ import annotations
-
-import time
-from typing import Protocol
-
-
-class Clock(Protocol):
-    """Anything with a monotonic `now()` in seconds."""
-
-    def now(self) -> float: ...
-
-
-class MonotonicClock:
-    """The production clock: `time.monotonic()`."""
-
-    def now(self) -> float:
-        return time.monotonic()
 
 
 def next_deadline(previous: float, period: float, now: float, max_lag_periods: int = 5) -> float:
