@@ -135,6 +135,7 @@ room-{ROOM}: {{
 
 def veth_up() -> None:
     a, b = VETH
+    veth_down()  # a run killed before its cleanup leaves the (bench-owned) veth behind
     subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
     try:
         subprocess.run(["ip", "addr", "add", f"{JANUS_ADDRESS}/32", "dev", a], check=True)

@@ -3,7 +3,8 @@
 Each scenario runs through our SFU (``visio_matrix.relay`` in the bench's relay process), through
 aiortc's stock ``MediaRelay`` (decode + re-encode per subscriber) and, when installed, through
 Janus's VideoRoom, one after the other in the same run; then the largest all-video call our relay
-carries (< 1 % loss, p99 latency < 200 ms) is searched. Human-readable lines first, then one JSON line per scenario.
+carries (< 1 % loss, p99 latency < 200 ms) is searched. Human-readable lines first, then one JSON
+line per scenario. Definitions of every figure: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -109,17 +110,19 @@ def _measure(
     pool: WorkerPool, pid: int, scenario: Scenario, opts: Options, backend: str, stats_url: str | None
 ) -> RunResult:
     """Connect everyone, let it settle, record while sampling the relay's CPU, then analyze."""
-    joining = time.monotonic()
     pub_w, sub_w = _placement(scenario, len(pool))
     pool.call([(w, "prepare", {"pub_ids": [p for p in scenario.publishers if pub_w[p] == w]})
                for w in range(len(pool))])  # fmt: skip
+    joining = time.monotonic()
     if backend == OURS:
         _join_participants(pool, scenario, pub_w, sub_w)
     else:
         pool.call([(w, "publish", {"pub_ids": [p for p in scenario.publishers if pub_w[p] == w]})
                    for w in range(len(pool))])  # fmt: skip
-        pool.call([(w, "subscribe", {"subs": [(s, list(f)) for s, f in scenario.feeds.items() if sub_w[s] == w]})
-                   for w in range(len(pool))])  # fmt: skip
+        subs = [(s, list(f)) for s, f in scenario.feeds.items()]
+        pool.call(
+            [(w, "subscribe", {"subs": [x for x in subs if sub_w[x[0]] == w]}) for w in range(len(pool))]
+        )
     join_s = time.monotonic() - joining
     time.sleep(opts.warmup)
     t0 = max(pool.all("record", on=True))
@@ -255,8 +258,7 @@ def run_direct(opts: Options) -> RunResult:
         t0 = max(pool.all("record", on=True))
         time.sleep(min(opts.seconds, 10.0))
         t1 = min(pool.all("record", on=False))
-        # the orchestrator's own pid stands in for "the relay": the CPU figure is unused here
-        return analyze("direct", scenario, pool.all("collect"), [], (t0, t1))
+        return analyze("direct", scenario, pool.all("collect"), [], (t0, t1))  # no relay: no CPU samples
     except Exception as exc:
         return RunResult("direct", "direct", ok=False, error=f"{type(exc).__name__}: {exc}")
     finally:
@@ -272,11 +274,13 @@ def describe(r: RunResult) -> str:
         return f"  {r.backend:<12} FAILED: {r.error}"
     cpu = r.cpu
     assert cpu is not None
+    frames_pct = None if r.frames_ratio is None else 100 * r.frames_ratio
     return (
         f"  {r.backend:<12} cpu {_fmt(cpu.cpu_pct, '.1f', '%')} of a core, "
-        f"{_fmt(cpu.us_per_packet, '.1f')} us/packet (kernel {_fmt(cpu.sys_us_per_packet, '.1f')}), {_fmt(cpu.packets_per_s, '.0f')} packets/s out, "
+        f"{_fmt(cpu.us_per_packet, '.1f')} us/packet (kernel {_fmt(cpu.sys_us_per_packet, '.1f')}), "
+        f"{_fmt(cpu.packets_per_s, '.0f')} packets/s out, "
         f"loss {_fmt(r.loss_pct, '.2f', '%')} (seq gaps {_fmt(r.seq_loss_pct, '.2f', '%')}), "
-        f"video frames delivered {_fmt(None if r.frames_ratio is None else 100 * r.frames_ratio, '.1f', '%')}, "
+        f"video frames delivered {_fmt(frames_pct, '.1f', '%')}, "
         f"latency p50/p99 {_fmt(r.latency_p50_ms, '.2f')}/{_fmt(r.latency_p99_ms, '.2f')} ms, "
         f"join->first keyframe p50 {_fmt(r.join_p50_s, '.2f')} s max {_fmt(r.join_max_s, '.2f')} s"
         f"{f' ({r.join_missing} streams without keyframe)' if r.join_missing else ''}, "

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+from collections.abc import Callable
 from importlib.metadata import version
 
 import pytest
 from aioice import ice as aioice_ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtp import RtpPacket
 
 from visio_matrix.relay import aiortc_hooks as hooks
@@ -47,6 +49,12 @@ def test_private_methods_have_the_expected_signatures() -> None:
         "timeout",
     ]
     assert params(aioice_ice.StunProtocol.__init__) == ["self", "receiver"]
+    # RtpSendPath replays these four awaited layers synchronously.
+    assert params(aioice_ice.Connection.sendto) == ["self", "data", "component"]
+    assert params(aioice_ice.StunProtocol.send_data) == ["self", "data", "addr"]
+    assert isinstance(aioice_ice.CandidatePair.remote_addr, property)
+    source = inspect.getsource(RTCDtlsTransport._send_rtp)
+    assert "self._tx_srtp.protect(data)" in source and "await self.transport._send(data)" in source
 
 
 async def test_private_attributes_exist_on_fresh_objects() -> None:
@@ -71,6 +79,14 @@ async def test_private_attributes_exist_on_fresh_objects() -> None:
         connection = receiver.transport.transport.iceGatherer._connection
         assert isinstance(connection, aioice_ice.Connection)
         assert connection._local_candidates_start is False and connection._protocols == []
+        # RtpSendPath: DTLS state and SRTP session, ICE transport -> aioice connection -> nominated pairs.
+        dtls = sender.transport
+        assert dtls._state is DtlsState.NEW and hasattr(dtls, "_tx_srtp")
+        assert sender.transport.transport._connection is connection and connection._nominated == {}
+        path = hooks.RtpSendPath(sender)
+        assert path.backlog() == 0
+        with pytest.raises(ConnectionError):
+            path.send(b"\x80" + bytes(11))
     finally:
         await pc.close()
 
@@ -141,12 +157,28 @@ async def test_restrict_ice_and_taps_forward_packets_without_decoding() -> None:
         receiver_track = b.getTransceivers()[0].receiver.track
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(receiver_track.recv(), 0.3)
+        # RtpSendPath: a packet sent synchronously arrives decrypted, payload byte-identical.
+        ssrc, pt = got[-1][0].ssrc, got[-1][0].payload_type
+        marker = bytes(range(256)) * 4
+        direct = RtpPacket(payload_type=pt, sequence_number=60000, timestamp=1, ssrc=ssrc, payload=marker)
+        path = hooks.RtpSendPath(sender)
+        assert path.backlog() == 0
+        count = len(got)
+        path.send(direct.serialize())
+        await wait_until(lambda: any(p.payload == marker for p, _ in got[count:]), 10, "direct packet")
         # A PLI from the tapped side reaches the sender hook as "pli".
         await hooks.request_keyframe(b.getTransceivers()[0].receiver, got[-1][0].ssrc)
         await asyncio.wait_for(pli.wait(), 10)
     finally:
         await a.close()
         await b.close()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 async def test_port_range_exhaustion_is_a_relay_error() -> None:

@@ -9,11 +9,29 @@ import pytest
 
 from visio_matrix.clock import SystemClock
 from visio_matrix.relay import Relay
+from visio_matrix.relay import aiortc_hooks as hooks
 
 from .conftest import relay_options
 from .peers import Peer, Signaling
 
 pytestmark = pytest.mark.media
+
+
+class StalledTransport:
+    """A datagram transport whose socket refuses everything: datagrams pile up in its write buffer."""
+
+    def __init__(self, real: asyncio.DatagramTransport) -> None:
+        self.real = real
+        self.buffered: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: object = None) -> None:
+        self.buffered.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return sum(len(d) for d in self.buffered)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
 
 
 def video_from(signaling: Signaling, subscriber: str, publisher: str):  # type: ignore[no-untyped-def]
@@ -66,10 +84,10 @@ async def test_late_joiner_decodes_a_keyframe_within_one_second(relay: Relay) ->
 
 
 async def test_stalled_subscriber_does_not_slow_the_others() -> None:
-    relay = Relay(relay_options(subscriber_queue_size=32), SystemClock())
+    relay = Relay(relay_options(subscriber_queue_size=8), SystemClock())
     conference = await relay.create_conference("stall")
     signaling = Signaling(relay, conference)
-    never = asyncio.Event()
+    stalled: StalledTransport | None = None
     try:
         for name, rgb, tone in (
             ("alice", (230, 20, 20), 440),
@@ -87,17 +105,16 @@ async def test_stalled_subscriber_does_not_slow_the_others() -> None:
             30,
             "all video flowing",
         )
-        # Carol stops reading, and the relay's transport toward her stalls: every send hangs.
+        # Carol stops reading, and the relay's socket toward her stalls: the kernel refuses every
+        # datagram, so the datagram transport buffers them (what asyncio does on EAGAIN).
         carol = signaling.peers["carol"]
         for task in carol._readers:
             task.cancel()
-
-        async def hang(data: bytes) -> None:
-            await never.wait()
-
         relay_side = conference._participants["carol"].pc  # the relay's connection to carol
-        for transceiver in relay_side.getTransceivers():
-            transceiver.sender.transport._send_rtp = hang  # type: ignore[method-assign]
+        pair = hooks.RtpSendPath(relay_side.getTransceivers()[0].sender)._pair()
+        assert pair is not None
+        stalled = StalledTransport(pair.protocol.transport)
+        pair.protocol.transport = stalled
 
         alice_sent, bob_sent = signaling.peers["alice"].video.count, signaling.peers["bob"].video.count  # type: ignore[union-attr]
         a_from_b, b_from_a = video_from(signaling, "alice", "bob"), video_from(signaling, "bob", "alice")
@@ -112,7 +129,9 @@ async def test_stalled_subscriber_does_not_slow_the_others() -> None:
         assert got_by_alice >= 0.8 * bob_sent, f"alice got {got_by_alice} of bob's {bob_sent} frames"
         carol_stats = next(s for s in conference.stats().participants if s.participant_id == "carol")
         assert carol_stats.drops > drops_before + 50, "carol's queue overflowed and the drops were counted"
+        assert stalled.get_write_buffer_size() <= 8 * 1500 + 1500, "carol's backlog stayed bounded"
     finally:
-        never.set()  # release the hung sends so aiortc can send its RTCP BYE and close
+        if stalled is not None:
+            pair.protocol.transport = stalled.real  # the socket recovers: aiortc can send its BYE
         await signaling.close()
         await relay.close()

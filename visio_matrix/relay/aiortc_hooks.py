@@ -11,8 +11,9 @@ instead. The hooks below are the only code that touches private attributes; each
 - ``hook_sender``: the sender's RTP loop idles on a ``ForwardedTrack`` that never yields; the hook
   captures the negotiated send parameters (``send``) and takes NACK/PLI/FIR out of
   ``_handle_rtcp_packet`` (the rest, e.g. receiver reports for RTT, still goes to aiortc).
-- ``send_rtp`` / ``record_sent`` / ``sender_rtt``: write a packet through the sender's
-  DTLS-SRTP transport and keep its sender-report counters right.
+- ``RtpSendPath`` / ``record_sent`` / ``sender_rtt``: write a packet synchronously (SRTP protect
+  with the DTLS transport's session, ``sendto`` on aioice's nominated pair: none of aiortc's and
+  aioice's awaited layers) and keep the sender-report counters right.
 - ``restrict_ice``: aioice gathers host candidates on every interface but 127.0.0.1 and binds
   random ports; this makes one peer connection gather only on given addresses (and ports).
 """
@@ -30,6 +31,7 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
@@ -177,9 +179,38 @@ def set_sender_stream_id(sender: RTCRtpSender, stream_id: str) -> None:
     sender._stream_id = stream_id
 
 
-def send_rtp(sender: RTCRtpSender, data: bytes) -> Awaitable[None]:
-    """Protect (SRTP) and send one serialized RTP packet on the sender's transport."""
-    return sender.transport._send_rtp(data)
+class RtpSendPath:
+    """Synchronous send of serialized RTP for one sender: what ``RTCDtlsTransport._send_rtp`` does
+    (SRTP protect, then ``RTCIceTransport._send`` -> aioice ``Connection.sendto`` ->
+    ``StunProtocol.send_data`` -> ``DatagramTransport.sendto``) without its four awaited layers.
+
+    Everything is looked up again on each call (a few attribute reads), so a new DTLS transport
+    (renegotiation) or a new nominated ICE pair is picked up at once.
+    """
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        self._sender = sender
+
+    def _pair(self) -> Any:
+        return self._sender.transport.transport._connection._nominated.get(1)
+
+    def backlog(self) -> int:
+        """Bytes waiting in the datagram transport's write buffer (0 unless the kernel refused some)."""
+        pair = self._pair()
+        if pair is None:
+            return 0
+        size: int = pair.protocol.transport.get_write_buffer_size()
+        return size
+
+    def send(self, data: bytes) -> None:
+        """SRTP-protect and send; ``ConnectionError`` if DTLS is not connected or ICE has no pair."""
+        dtls = self._sender.transport
+        if dtls._state is not DtlsState.CONNECTED:
+            raise ConnectionError("Cannot send encrypted RTP, not connected")
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
 
 
 def record_sent(sender: RTCRtpSender, rtp_timestamp: int, payload_bytes: int, ntp_time: int) -> None:

@@ -3,27 +3,29 @@
 ::
 
     publisher DTLS-SRTP --decrypted RtpPacket--> UpTrack.on_packet (sync, on the reader's turn)
-        for each DownTrack: rewrite SSRC/PT/seq/ts, put_nowait on the subscriber's bounded queue
-    SubscriberWriter task (one per subscriber): serialize, SRTP-protect, send; keep a history
+        for each DownTrack: rewrite SSRC/PT/seq/ts into a header built from a cached template,
+        SRTP-protect and sendto on the subscriber's ICE pair (no await), keep the bytes for NACKs
 
-The publisher's reader never awaits a subscriber: a full queue drops the packet (video: up to the
-next keyframe, and a keyframe is requested). Every drop is counted on the subscriber.
-Payload bytes are never touched, so end-to-end encrypted media passes unchanged.
+Nothing here awaits: the publisher's reader never waits for a subscriber. Each subscriber's bounded
+queue is its datagram transport's write buffer; above ``SubscriberWriter.max_backlog`` the packet is
+dropped (video: up to the next keyframe, and a keyframe is requested). Every drop is counted on the
+subscriber. Payload bytes are never touched, so end-to-end encrypted media passes unchanged.
+See docs/performance.md ("Where the time goes") for what each step costs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
+import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiortc import RTCRtpReceiver, RTCRtpSender
-from aiortc.clock import current_ntp_time
 from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket, wrap_rtx
+from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket, wrap_rtx
 
 from ..clock import Clock
 from ..tasks import TaskOwner
@@ -124,9 +126,11 @@ class DownTrack:
         self.sender = sender
         self._writer = writer
         self._counters = writer.counters
+        self._path = hooks.RtpSendPath(sender)
         self._seq = SequenceRewriter(random.randint(0, 0x7FFF))
         self._ts = TimestampRewriter(random.getrandbits(32))
-        self.history: RtpHistory[RtpPacket] = RtpHistory(history_size)
+        # (serialized packet, payload length) by outgoing sequence number
+        self.history: RtpHistory[tuple[bytes, int]] = RtpHistory(history_size)
         self._video = up.info.kind == "video"
         self._waiting_keyframe = self._video
         self._started = False
@@ -136,6 +140,8 @@ class DownTrack:
         self._rtx_seq = random.randint(0, 0x7FFF)
         self._mid: str | None = None
         self.extensions = HeaderExtensionsMap()
+        # audio level (None, or aiortc's (vad, level)) -> the packed header extension block
+        self._ext_blocks: dict[tuple[bool, int] | None, tuple[int, bytes]] = {}
 
     def start(self, parameters: RTCRtpSendParameters) -> None:
         """Called once the subscriber negotiated this stream (aiortc started the sender)."""
@@ -146,12 +152,13 @@ class DownTrack:
                 self._rtx_pt = c.payloadType
         self._mid = parameters.muxId
         self.extensions.configure(parameters)
+        self._ext_blocks.clear()
         self._started = True
         if self._video:
             self.up.request_keyframe()  # a late joiner needs one to start decoding
 
     def offer(self, packet: RtpPacket, keyframe: bool) -> None:
-        """A packet from the publisher: rewrite and queue it, or drop it (never blocks)."""
+        """A packet from the publisher: rewrite and send it now, or drop it (never blocks)."""
         if not self._started:
             return
         if self._waiting_keyframe:
@@ -159,7 +166,7 @@ class DownTrack:
                 self._drop(packet.sequence_number)
                 return
             self._waiting_keyframe = False
-        if self._writer.full():
+        if self._path.backlog() > self._writer.max_backlog:
             self._drop(packet.sequence_number)
             if self._video:
                 self._waiting_keyframe = True
@@ -169,17 +176,35 @@ class DownTrack:
         if seq is None:
             self._counters.drops += 1
             return
-        out = RtpPacket(
-            payload_type=self._pt,
-            marker=packet.marker,
-            sequence_number=seq,
-            timestamp=self._ts.rewrite(packet.timestamp),
-            ssrc=self._ssrc,
-            payload=packet.payload,
+        timestamp = self._ts.rewrite(packet.timestamp)
+        level = packet.extensions.audio_level
+        block = self._ext_blocks.get(level)
+        if block is None:
+            block = self._ext_blocks[level] = self._extension_block(level)
+        payload = packet.payload
+        data = (
+            _RTP_HEADER.pack(block[0], (packet.marker << 7) | self._pt, seq, timestamp, self._ssrc)
+            + block[1]
+            + payload
         )
-        out.extensions.mid = self._mid
-        out.extensions.audio_level = packet.extensions.audio_level
-        self._writer.put(self, out, True)
+        try:
+            self._path.send(data)
+        except ConnectionError:
+            self._counters.drops += 1
+            return
+        self.history.put(seq, (data, len(payload)))
+        hooks.record_sent(self.sender, timestamp, len(payload), ntp_now())
+        counters = self._counters
+        counters.packets_out += 1
+        counters.bytes_out += len(payload)
+
+    def _extension_block(self, audio_level: tuple[bool, int] | None) -> tuple[int, bytes]:
+        """(first header byte, extension header + values) exactly as ``RtpPacket.serialize`` writes them."""
+        values = HeaderExtensions(mid=self._mid, audio_level=audio_level)
+        profile, value = self.extensions.set(values)
+        if not value:
+            return 0x80, b""
+        return 0x90, struct.pack("!HH", profile, len(value) >> 2) + value
 
     def on_feedback(self, kind: str, lost: list[int]) -> None:
         """NACK or PLI/FIR from the subscriber."""
@@ -189,52 +214,59 @@ class DownTrack:
             return
         self._counters.nacks_received += len(lost)
         for seq in lost:
-            packet = self.history.get(seq)
-            if packet is None or self._writer.full():
+            kept = self.history.get(seq)
+            if kept is None or self._path.backlog() > self._writer.max_backlog:
                 continue
+            data, payload_bytes = kept
             if self._rtx_pt is not None:
                 packet = wrap_rtx(
-                    packet, payload_type=self._rtx_pt, sequence_number=self._rtx_seq, ssrc=self._rtx_ssrc
+                    RtpPacket.parse(data, self.extensions),
+                    payload_type=self._rtx_pt,
+                    sequence_number=self._rtx_seq,
+                    ssrc=self._rtx_ssrc,
                 )
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+                data, payload_bytes = packet.serialize(self.extensions), len(packet.payload)
+            try:
+                self._path.send(data)
+            except ConnectionError:
+                self._counters.drops += 1
+                continue
             self._counters.retransmissions += 1
-            self._writer.put(self, packet, False)
+            self._counters.packets_out += 1
+            self._counters.bytes_out += payload_bytes
 
     def _drop(self, seq: int) -> None:
         self._counters.drops += 1
         self._seq.drop(seq)
 
 
+_RTP_HEADER = struct.Struct("!BBHLL")  # V=2 P X CC | M PT | sequence | timestamp | SSRC
+NTP_UNIX_OFFSET = 2208988800  # seconds from 1900-01-01 (NTP epoch) to 1970-01-01
+
+
+def ntp_now() -> int:
+    """Now as a 64-bit NTP timestamp (what ``aiortc.clock.current_ntp_time`` returns, cheaper)."""
+    now = time.time() + NTP_UNIX_OFFSET
+    return int(now * (1 << 32))
+
+
 class SubscriberWriter:
-    """The bounded queue and the task writing one subscriber's packets to its transport."""
+    """One subscriber's sending budget and counters.
+
+    Packets go out synchronously, on the publisher reader's turn: SRTP-protect, then ``sendto`` on the
+    ICE pair in use (``aiortc_hooks.RtpSendPath``). The bounded queue is the datagram transport's
+    write buffer (it fills only when the kernel refuses datagrams): above ``max_backlog`` bytes
+    (``queue_size`` full-size packets) the down tracks drop, video up to the next keyframe.
+    """
 
     def __init__(self, counters: Counters, queue_size: int, tasks: TaskOwner, name: str) -> None:
+        del tasks, name  # no task of its own any more: nothing to own
         self.counters = counters
-        self._queue: asyncio.Queue[tuple[DownTrack, RtpPacket, bool]] = asyncio.Queue(queue_size)
-        self._task = tasks.spawn(self._run(), f"writer:{name}")
-
-    def full(self) -> bool:
-        return self._queue.full()
-
-    def put(self, down: DownTrack, packet: RtpPacket, keep: bool) -> None:
-        self._queue.put_nowait((down, packet, keep))
-
-    async def _run(self) -> None:
-        while True:
-            down, packet, keep = await self._queue.get()
-            data = packet.serialize(down.extensions)
-            try:
-                await hooks.send_rtp(down.sender, data)
-            except ConnectionError:
-                self.counters.drops += 1
-                continue
-            if keep:
-                down.history.put(packet.sequence_number, packet)
-                hooks.record_sent(down.sender, packet.timestamp, len(packet.payload), current_ntp_time())
-            self.counters.packets_out += 1
-            self.counters.bytes_out += len(packet.payload)
+        self.max_backlog = queue_size * MAX_PACKET_BYTES
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        return None
+
+
+MAX_PACKET_BYTES = 1500
