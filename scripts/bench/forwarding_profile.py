@@ -29,6 +29,8 @@ import multiprocessing
 import os
 import pstats
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
@@ -266,7 +268,14 @@ async def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> Non
 
 
 async def run_round(
-    peers: Peers, name: str, subscribers: int, warmup: float, seconds: float, profile: cProfile.Profile | None
+    peers: Peers,
+    name: str,
+    subscribers: int,
+    warmup: float,
+    seconds: float,
+    profile: cProfile.Profile | None,
+    py_spy: str | None = None,
+    burst: int = 0,
 ) -> dict[str, Any]:
     with variant(name):
         relay = Relay(
@@ -304,10 +313,14 @@ async def run_round(
             before, cpu0, wall0, times0 = conf.stats(), time.process_time(), time.monotonic(), os.times()
             if profile is not None:
                 profile.enable()
+            spy = start_py_spy(py_spy, seconds) if py_spy else None
             await asyncio.sleep(seconds)
             if profile is not None:
                 profile.disable()
             after, cpu1, wall1, times1 = conf.stats(), time.process_time(), time.monotonic(), os.times()
+            if spy is not None:
+                await asyncio.get_running_loop().run_in_executor(None, spy.wait)
+            sync_us = await measure_burst(conf, burst) if burst else None
         finally:
             pump_task.cancel()
             await asyncio.gather(pump_task, return_exceptions=True)
@@ -324,7 +337,42 @@ async def run_round(
         "packets_out": out,
         "drops": after.drops - before.drops,
         "cpu_us_per_packet_out": (cpu1 - cpu0) * 1e6 / out if out else None,
+        "sync_out_path_us_per_packet_out": sync_us,
     }
+
+
+async def measure_burst(conf: Any, packets: int) -> float | None:
+    """Thread CPU of ``UpTrack.on_packet`` alone, per packet out, for injected video packets.
+
+    Only meaningful where the whole out path is synchronous (variant ``current``): the baseline's
+    on_packet only enqueues. One packet per millisecond, so the subscribers' sockets keep up. The
+    sequence numbers jump ahead of the publisher's: run it after the measurement window."""
+    publisher = conf._participants["publisher"]
+    up = next(u for u in publisher.ups.values() if u.info.kind == "video")
+    if not up.downs or up._media_ssrc is None:
+        return None
+    outs0 = sum(d._counters.packets_out for d in up.downs)
+    first = (getattr(up, "_last_seq", 0) + 5000) & 0xFFFF
+    payload = bytes([0x90, 0x80, 0x01]) + bytes(range(256)) * 4  # VP8 descriptor, not a keyframe start
+    spent = 0.0
+    for i in range(packets):
+        packet = RtpPacket(
+            payload_type=96, sequence_number=(first + i) & 0xFFFF, timestamp=i, payload=payload
+        )
+        t0 = time.thread_time()
+        up.on_packet(packet, up.codec)
+        spent += time.thread_time() - t0
+        await asyncio.sleep(0.001)
+    outs = sum(d._counters.packets_out for d in up.downs) - outs0
+    return round(spent * 1e6 / outs, 2) if outs else None
+
+
+def start_py_spy(output: str, seconds: float) -> subprocess.Popen[bytes]:
+    """Sample this process with py-spy (Python frames, non-blocking: little distortion) for the window."""
+    exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    cmd = [exe, "record", "--pid", str(os.getpid()), "--duration", str(int(seconds)), "--rate", "250"]
+    cmd += ["--nonblocking", "--format", "raw", "--output", output]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def profile_table(profile: cProfile.Profile, packets_out: int, top: int) -> str:
@@ -370,6 +418,11 @@ def summarize(results: list[dict[str, Any]], variants: list[str], counts: list[i
                 ),
                 "drops_total": sum(r["drops"] for r in mine),
             }
+            syncs = [
+                r["sync_out_path_us_per_packet_out"] for r in mine if r["sync_out_path_us_per_packet_out"]
+            ]
+            if syncs:
+                per_count[n]["sync_out_path_us_per_packet_out_median"] = statistics.median(syncs)
         summary[name] = {"by_subscribers": per_count}
         if len(per_count) >= 2:
             hi, lo = per_count[max(per_count)], per_count[min(per_count)]
@@ -390,10 +443,19 @@ async def main_async(args: argparse.Namespace) -> None:
         for r in range(args.rounds):
             for n in counts:
                 for name in order if r % 2 == 0 else list(reversed(order)):
-                    result = await run_round(peers, name, n, args.warmup, args.seconds, None)
+                    burst = args.burst if name == "current" else 0
+                    result = await run_round(peers, name, n, args.warmup, args.seconds, None, burst=burst)
                     result["round"] = r
                     results.append(result)
                     print(json.dumps(result), flush=True)
+        if args.py_spy:
+            result = await run_round(
+                peers, args.variants[-1], args.subscribers, args.warmup, args.seconds, None, args.py_spy
+            )
+            print(
+                f"py-spy ({args.variants[-1]}): {args.py_spy}, {result['packets_out']} packets out",
+                flush=True,
+            )
         if args.profile:
             for name in args.variants:
                 profile = cProfile.Profile(time.thread_time)
@@ -432,6 +494,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video-kbps", type=int, default=1200, help="publisher's clip bitrate")
     parser.add_argument("--variants", nargs="+", default=["baseline", "current"])
     parser.add_argument("--profile", action="store_true", help="add one cProfile round per variant")
+    parser.add_argument(
+        "--py-spy", metavar="FILE", help="one more round (last variant) sampled by py-spy: collapsed stacks"
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="variant current: time on_packet alone for this many injected packets",
+    )
     parser.add_argument("--top", type=int, default=30, help="functions shown per profile")
     asyncio.run(main_async(parser.parse_args(argv)))
 

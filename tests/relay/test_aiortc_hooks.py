@@ -164,8 +164,11 @@ async def test_restrict_ice_and_taps_forward_packets_without_decoding() -> None:
         path = hooks.RtpSendPath(sender)
         assert path.backlog() == 0
         count = len(got)
-        path.send(direct.serialize())
+        assert path.send(direct.serialize()) is True
         await wait_until(lambda: any(p.payload == marker for p, _ in got[count:]), 10, "direct packet")
+        # A packet far behind the highest index sent: libsrtp refuses it; a refusal, not an exception.
+        direct.sequence_number = 60000 - 5000
+        assert path.send(direct.serialize()) is False
         # A PLI from the tapped side reaches the sender hook as "pli".
         await hooks.request_keyframe(b.getTransceivers()[0].receiver, got[-1][0].ssrc)
         await asyncio.wait_for(pli.wait(), 10)

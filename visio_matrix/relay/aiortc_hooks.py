@@ -26,6 +26,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import pylibsrtp
 from aioice import ice as aioice_ice
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
@@ -202,15 +203,24 @@ class RtpSendPath:
         size: int = pair.protocol.transport.get_write_buffer_size()
         return size
 
-    def send(self, data: bytes) -> None:
-        """SRTP-protect and send; ``ConnectionError`` if DTLS is not connected or ICE has no pair."""
+    def send(self, data: bytes) -> bool:
+        """SRTP-protect and send; ``ConnectionError`` if DTLS is not connected or ICE has no pair.
+
+        False (nothing sent) when libsrtp refuses the packet: an index too far behind the highest
+        sent (a packet reordered by more than libsrtp's replay window). aiortc's ``_send_rtp`` raises
+        ``pylibsrtp.Error`` there, which would end the caller: here it is the caller's drop."""
         dtls = self._sender.transport
         if dtls._state is not DtlsState.CONNECTED:
             raise ConnectionError("Cannot send encrypted RTP, not connected")
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
-        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        try:
+            protected = dtls._tx_srtp.protect(data)
+        except pylibsrtp.Error:
+            return False
+        pair.protocol.transport.sendto(protected, pair.remote_addr)
+        return True
 
 
 def record_sent(sender: RTCRtpSender, rtp_timestamp: int, payload_bytes: int, ntp_time: int) -> None:

@@ -188,8 +188,10 @@ class DownTrack:
             + payload
         )
         try:
-            self._path.send(data)
+            sent = self._path.send(data)
         except ConnectionError:
+            sent = False
+        if not sent:
             self._counters.drops += 1
             return
         self.history.put(seq, (data, len(payload)))
@@ -228,8 +230,10 @@ class DownTrack:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
                 data, payload_bytes = packet.serialize(self.extensions), len(packet.payload)
             try:
-                self._path.send(data)
+                sent = self._path.send(data)
             except ConnectionError:
+                sent = False
+            if not sent:
                 self._counters.drops += 1
                 continue
             self._counters.retransmissions += 1
