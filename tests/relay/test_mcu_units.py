@@ -180,6 +180,9 @@ class FakeClock:
     def now(self) -> float:
         return self.t
 
+    def wall_ms(self) -> int:
+        return int(self.t * 1000)
+
 
 async def test_keyframe_requests_are_throttled_per_source_on_the_injected_clock() -> None:
     clock, calls = FakeClock(), list[str]()

@@ -39,7 +39,8 @@ class RelayOptions:
     udp_port_max: int
     # A participant must reach ICE+DTLS "connected" within this delay, else ParticipantFailed.
     connect_timeout: float = 20.0
-    # Packets queued per subscriber before drops start (a stalled subscriber never slows the others).
+    # Backlog allowed toward one subscriber, in packets of ~1500 bytes (its socket transport's write
+    # buffer); above it packets are dropped, so a stalled subscriber never slows the others.
     subscriber_queue_size: int = 512
     # At most one keyframe request per publisher track per this interval.
     keyframe_min_interval: float = 0.5
