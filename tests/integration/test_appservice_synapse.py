@@ -226,7 +226,8 @@ async def test_bad_event_among_good_ones(stack: Stack, service: Service) -> None
             {**fake_event(room_id, alice.user_id, "!visio help"), "content": "not an object"},
         ]
         assert await put_transaction(service, f"bad-{uuid.uuid4().hex}", events) == 200
-        await alice.wait_for_message(room_id, bot_reply("📞 Call started"), timeout=30)
+        reply = await alice.wait_for_message(room_id, bot_reply("📞 Call started"), timeout=30)
+        assert not reply.encrypted  # plain room, plain reply
         assert await service.store.get_active_conference(room_id) is not None
     finally:
         await alice.close()
