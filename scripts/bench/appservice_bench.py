@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -58,6 +59,59 @@ async def run_load(url: str, token: str, events_per_txn: int, seconds: float) ->
         return count / (time.perf_counter() - started)
 
 
+async def fresh_postgres_database(admin_url: str) -> str:
+    """A new empty database next to ``admin_url`` (named visio_bench_<random>, dropped at the end)."""
+    import asyncpg
+
+    name = f"visio_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+async def drop_postgres_database(admin_url: str, url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def time_process_startup(config_path: Path, public_url: str) -> float:
+    """Seconds from spawning ``python -m visio_matrix run`` to its first 200 on /health/ready."""
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "visio_matrix",
+        "run",
+        "-c",
+        str(config_path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"visio-matrix run exited with {proc.returncode}")
+                try:
+                    async with http.get(public_url + "/health/ready") as resp:
+                        if resp.status == 200:
+                            return time.perf_counter() - t0
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.02)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
 async def floor_server(port: int) -> web.AppRunner:
     async def ok(request: web.Request) -> web.Response:
         await request.read()
@@ -75,9 +129,9 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="visio-bench-") as tmp:
         root = Path(tmp)
         client_port, service_port = free_port(), free_port()
-        databases = {"sqlite": None}
+        databases: dict[str, str | None] = {"sqlite": None}
         if args.postgres:
-            databases["postgresql"] = args.postgres
+            databases["postgresql"] = await fresh_postgres_database(args.postgres)
         results: dict[str, Any] = {}
         for db_name, db_url in databases.items():
             workdir = root / db_name
@@ -102,6 +156,9 @@ async def main_async(args: argparse.Namespace) -> None:
                     await svc.start()
                     startups.append(time.perf_counter() - t0)
                     await svc.stop()
+                process_startups = [
+                    await time_process_startup(config_path, config.appservice.public_url) for _ in range(3)
+                ]
                 svc = Service(config)
                 await svc.start()
                 floor_port = free_port()
@@ -129,11 +186,18 @@ async def main_async(args: argparse.Namespace) -> None:
                     await svc.stop()
                 med = statistics.median(startups)
                 results[f"{db_name}_startup_s_median"] = round(med, 3)
+                pmed = statistics.median(process_startups)
+                results[f"{db_name}_process_startup_s_median"] = round(pmed, 3)
+                print(
+                    f"[{db_name}] `visio-matrix run` process start to /health/ready 200: median {pmed:.2f}s over 3"
+                )
                 print(
                     f"[{db_name}] service start-up (store, device, first sync, listener, ping): median {med:.2f}s over {len(startups)}"
                 )
             finally:
                 await hs.stop()
+        if databases.get("postgresql"):
+            await drop_postgres_database(args.postgres, str(databases["postgresql"]))
         print(json.dumps({"benchmark": "appservice", **results}))
 
 
@@ -146,7 +210,8 @@ def main() -> None:
     parser.add_argument(
         "--postgres",
         default=None,
-        help="also measure with this PostgreSQL URL (e.g. postgresql://postgres@127.0.0.1:5432/visio_bench)",
+        help="also measure PostgreSQL: an admin URL (e.g. postgresql://postgres@127.0.0.1:5432/postgres); "
+        "a fresh database is created next to it",
     )
     asyncio.run(main_async(parser.parse_args()))
 

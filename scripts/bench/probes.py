@@ -24,6 +24,8 @@ from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
+from visio_matrix.relay.keyframe import vp8_is_keyframe_start
+
 from .rtpmeta import (
     FLAG_KEYFRAME_START,
     FLAG_MARKER,
@@ -32,7 +34,6 @@ from .rtpmeta import (
     payload_key,
     rtp_payload_end,
     rtp_payload_offset,
-    vp8_keyframe_start,
 )
 
 PLI_INTERVAL_S = 0.25
@@ -138,7 +139,7 @@ async def _probe_rtp_data(self: RTCDtlsTransport, data: bytes, arrival_time_ms: 
         flags = FLAG_VIDEO
         if data[1] & 0x80:
             flags |= FLAG_MARKER
-        if vp8_keyframe_start(payload):
+        if vp8_is_keyframe_start(payload):
             flags |= FLAG_KEYFRAME_START
             state.first_keyframe.setdefault(ssrc, now)
         if ssrc not in state.first_keyframe and now - state.last_pli.get(ssrc, 0.0) >= PLI_INTERVAL_S:

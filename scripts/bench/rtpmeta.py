@@ -45,31 +45,3 @@ def payload_key(payload: bytes | memoryview) -> int:
     at most a few seconds older, so collisions between distinct payloads are negligible.
     """
     return (zlib.crc32(payload) << 16) | (len(payload) & 0xFFFF)
-
-
-def vp8_keyframe_start(payload: bytes | memoryview) -> bool:
-    """True for the first packet of a VP8 keyframe (RFC 7741 payload descriptor, then P bit = 0)."""
-    if len(payload) < 1:
-        return False
-    first = payload[0]
-    start = first & 0x10
-    partition_id = first & 0x07
-    if not start or partition_id != 0:
-        return False
-    pos = 1
-    if first & 0x80:  # X: extension octet
-        if len(payload) < 2:
-            return False
-        ext = payload[1]
-        pos = 2
-        if ext & 0x80:  # I: picture id, 7 or 15 bits
-            if len(payload) <= pos:
-                return False
-            pos += 2 if payload[pos] & 0x80 else 1
-        if ext & 0x40:  # L: TL0PICIDX
-            pos += 1
-        if ext & 0x30:  # T or K: TID/KEYIDX octet
-            pos += 1
-    if len(payload) <= pos:
-        return False
-    return (payload[pos] & 0x01) == 0

@@ -110,3 +110,11 @@ async def test_foreign_master_key_is_not_overwritten() -> None:
     server.master = {"user_id": USER, "usage": ["master"], "keys": {"ed25519:OTHER": "OTHER"}}
     assert await ensure_cross_signed(server, state, USER, DEVICE, "pk") is None
     assert server.signature_uploads == 0
+
+
+async def test_keys_sealed_with_another_pickle_key_are_refused_cleanly() -> None:
+    server, state = FakeKeyServer(), MemoryState()
+    assert await ensure_cross_signed(server, state, USER, DEVICE, "first-key") is not None
+    uploads = server.signature_uploads
+    assert await ensure_cross_signed(server, state, USER, DEVICE, "changed-key") is None
+    assert server.signature_uploads == uploads

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -158,7 +159,18 @@ async def ensure_cross_signed(
     Returns the master public key, or None when cross-signing is not possible (logged).
     """
     sealed = await state.get_state(STATE_KEY)
-    keys = CrossSigningKeys.unseal(sealed, pickle_key) if sealed else None
+    keys = None
+    if sealed:
+        try:
+            keys = CrossSigningKeys.unseal(sealed, pickle_key)
+        except (InvalidTag, ValueError, KeyError) as exc:
+            log.error(
+                "the stored cross-signing keys of %s cannot be decrypted with crypto.pickle_key (%s): "
+                "was the pickle key changed? The bot's device is not cross-signed.",
+                user_id,
+                type(exc).__name__,
+            )
+            return None
     query = await api.query_own_keys()
     server_master = _server_master_key(query, user_id)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 
-def vp8_is_keyframe_start(payload: bytes) -> bool:
+def vp8_is_keyframe_start(payload: bytes | memoryview) -> bool:
     """True if this VP8 RTP payload (RFC 7741) starts a keyframe."""
     if not payload:
         return False
