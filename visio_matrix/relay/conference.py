@@ -45,12 +45,12 @@ from .errors import (
     ClosedError,
     DuplicateParticipantError,
     InvalidCandidateError,
-    McuUnavailableError,
     NegotiationError,
     RelayError,
     UnknownParticipantError,
 )
 from .forwarding import DownTrack, UpTrack
+from .mcu import McuSession
 from .participant import Participant
 from .sdp_check import check_remote_sdp
 from .speaker import ActiveSpeakerDetector, levels_from_mcu
@@ -81,7 +81,7 @@ class Conference:
         self._tasks = TaskOwner(f"conference:{conference_id}")
         self._speaker = ActiveSpeakerDetector()
         self._last_speaker_eval = 0.0
-        self._mcu: Any = None
+        self._mcu: McuSession | None = None
         self._mcu_sources: set[tuple[str, str]] = set()
         self._level_ext_seen: set[str] = set()  # participants whose audio carries RFC 6464 levels
         self._closed = False
@@ -516,10 +516,6 @@ class Conference:
     def _ensure_mcu(self) -> None:
         if self._mcu is not None:
             return
-        try:
-            from .mcu import McuSession
-        except ImportError as exc:
-            raise McuUnavailableError(f"mcu-mode participants need visio_matrix.relay.mcu: {exc}") from exc
         self._mcu = McuSession(self._mcu_keyframe, self._clock)
         self._tasks.spawn(self._mcu_levels_loop(), "mcu-levels")
         for p in self._participants.values():
@@ -557,6 +553,7 @@ class Conference:
                 return
 
     def _attach_mix(self, p: Participant, initial: bool) -> None:
+        assert self._mcu is not None, "add_participant creates the MCU before any mcu-mode participant"
         audio, video = self._mcu.add_sink(p.id)
         for track in (audio, video):
             if initial:

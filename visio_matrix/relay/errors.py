@@ -46,6 +46,3 @@ class ClosedError(RelayError):
 class PortRangeExhaustedError(RelayError):
     """No free UDP port is left in the configured range on a configured host address."""
 
-
-class McuUnavailableError(RelayError):
-    """An mcu-mode participant was requested but the MCU package is not available."""
