@@ -130,3 +130,33 @@ async def test_backlog_over_the_bound_and_refused_sends_are_counted_drops() -> N
         assert (sent[1].sequence_number - sent[0].sequence_number) & 0xFFFF == 2
     finally:
         await pc.close()
+
+
+class ExplodingPath(RecordingPath):
+    def send(self, data: bytes) -> bool:
+        raise RuntimeError("socket gone in an unexpected way")
+
+
+async def test_one_failing_subscriber_does_not_starve_the_others() -> None:
+    from visio_matrix.clock import FakeClock
+    from visio_matrix.relay.forwarding import UpTrack
+
+    broken, _, _, pc1 = await make_down()
+    healthy, path, _, pc2 = await make_down()
+    broken._path = ExplodingPath()  # type: ignore[assignment]
+    broken.info = SimpleNamespace(track_id="down-1")  # type: ignore[assignment]
+    counters = Counters()
+    codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    info: Any = SimpleNamespace(kind="audio", track_id="t1")
+    up = UpTrack(info, None, codec, counters, FakeClock(), TaskOwner("test"), 0.5)  # type: ignore[arg-type]
+    broken.up = healthy.up = up
+    up.downs.extend([broken, healthy])
+    try:
+        for seq in range(5):
+            up.on_packet(incoming(seq, seq * 960, b"opus%d" % seq, None), codec)  # must not raise
+        assert len(path.sent) == 5
+        assert broken.failures == 5
+        assert counters.drops == 5
+    finally:
+        await pc1.close()
+        await pc2.close()

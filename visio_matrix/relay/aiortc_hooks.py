@@ -219,7 +219,10 @@ class RtpSendPath:
             protected = dtls._tx_srtp.protect(data)
         except pylibsrtp.Error:
             return False
-        pair.protocol.transport.sendto(protected, pair.remote_addr)
+        transport = pair.protocol.transport
+        if transport is None:  # the ICE pair's socket was closed under us
+            raise ConnectionError("Cannot send data, socket closed")
+        transport.sendto(protected, pair.remote_addr)
         return True
 
 

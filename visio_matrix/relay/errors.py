@@ -45,4 +45,3 @@ class ClosedError(RelayError):
 
 class PortRangeExhaustedError(RelayError):
     """No free UDP port is left in the configured range on a configured host address."""
-

@@ -93,7 +93,17 @@ class UpTrack:
         if self.mcu_feed is not None:
             self.mcu_feed(packet)
         for down in self.downs:
-            down.offer(packet, keyframe)
+            try:
+                down.offer(packet, keyframe)
+            except Exception:
+                # One subscriber's failure must not starve the others nor reach aiortc's receive loop
+                # (an exception there fails the publisher's transport).
+                down.failures += 1
+                self._counters.drops += 1
+                if down.failures == 1:
+                    logger.exception(
+                        "forwarding to %s failed; later failures are only counted", down.info.track_id
+                    )
 
     def request_keyframe(self) -> None:
         if not self._video:
@@ -129,6 +139,7 @@ class DownTrack:
         self._path = hooks.RtpSendPath(sender)
         self._seq = SequenceRewriter(random.randint(0, 0x7FFF))
         self._ts = TimestampRewriter(random.getrandbits(32))
+        self.failures = 0  # unexpected errors while forwarding to this subscriber (logged once)
         # (serialized packet, payload length) by outgoing sequence number
         self.history: RtpHistory[tuple[bytes, int]] = RtpHistory(history_size)
         self._video = up.info.kind == "video"
