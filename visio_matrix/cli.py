@@ -172,8 +172,13 @@ def _generate_config(args: argparse.Namespace) -> int:
         for error in exc.errors:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
+    return _write_reporting(output, text, force=args.force)
+
+
+def _write_reporting(output: Path, text: str, force: bool) -> int:
+    """``write_private`` with the outcome told to the admin; returns the exit code."""
     try:
-        write_private(output, text, force=args.force)
+        write_private(output, text, force=force)
     except FileExistsError:
         print(f"error: {output} exists; use --force to overwrite it", file=sys.stderr)
         return EXIT_INVALID
@@ -194,13 +199,7 @@ def _generate_registration(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
         return EXIT_OK
-    try:
-        write_private(args.output, text, force=True)
-    except OSError as exc:
-        print(f"error: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
-        return EXIT_INVALID
-    print(f"wrote {args.output}", file=sys.stderr)
-    return EXIT_OK
+    return _write_reporting(args.output, text, force=True)
 
 
 def _check_config(args: argparse.Namespace) -> int:
