@@ -32,9 +32,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, ClassVar
 
 from aiortc import RTCRtpSender
 from aiortc.clock import current_ntp_time
@@ -43,7 +43,6 @@ from aiortc.rtp import RtpPacket, wrap_rtx
 from visio_matrix.clock import SystemClock
 from visio_matrix.relay import NegotiationNeeded, Relay, RelayOptions, forwarding, participant
 from visio_matrix.relay import aiortc_hooks as hooks
-from visio_matrix.tasks import TaskOwner
 
 from .clip import ClipSpec
 
@@ -56,10 +55,14 @@ CONNECT_TIMEOUT_S = 120.0
 class BaselineWriter:
     """``forwarding.SubscriberWriter`` as it was before issue 3's work (queue + task + awaited send)."""
 
-    def __init__(self, counters: forwarding.Counters, queue_size: int, tasks: TaskOwner, name: str) -> None:
+    # The relay no longer closes its writers (they own nothing now): the driver closes these.
+    instances: ClassVar[list[BaselineWriter]] = []
+
+    def __init__(self, counters: forwarding.Counters, queue_size: int) -> None:
         self.counters = counters
         self._queue: asyncio.Queue[tuple[Any, RtpPacket, bool]] = asyncio.Queue(queue_size)
-        self._task = tasks.spawn(self._run(), f"writer:{name}")
+        self._task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._run())
+        BaselineWriter.instances.append(self)
 
     def full(self) -> bool:
         return self._queue.full()
@@ -140,8 +143,8 @@ def baseline_on_feedback(self: Any, kind: str, lost: list[int]) -> None:
         self._writer.put(self, packet, False)
 
 
-@contextlib.contextmanager
-def variant(name: str) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def variant(name: str) -> AsyncIterator[None]:
     """Install one forwarding variant for the relays created inside the block."""
     if name == "current":
         yield
@@ -156,6 +159,9 @@ def variant(name: str) -> Iterator[None]:
         yield
     finally:
         participant.SubscriberWriter, down.offer, down.on_feedback = saved  # type: ignore[misc,method-assign]
+        writers, BaselineWriter.instances = BaselineWriter.instances, []
+        for writer in writers:
+            await writer.close()
 
 
 # ---- the peer process ---------------------------------------------------------------------------
@@ -277,7 +283,7 @@ async def run_round(
     py_spy: str | None = None,
     burst: int = 0,
 ) -> dict[str, Any]:
-    with variant(name):
+    async with variant(name):
         relay = Relay(
             RelayOptions(host_addresses=("127.0.0.1",), udp_port_min=43000, udp_port_max=43999),
             SystemClock(),

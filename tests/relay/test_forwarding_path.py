@@ -48,7 +48,7 @@ async def make_down(kind: str = "audio") -> tuple[DownTrack, RecordingPath, Coun
     requests: list[int] = []
     up: Any = SimpleNamespace(info=SimpleNamespace(kind=kind), request_keyframe=lambda: requests.append(1))
     counters = Counters()
-    writer = SubscriberWriter(counters, queue_size=4, tasks=TaskOwner("test"), name="sub")
+    writer = SubscriberWriter(counters, queue_size=4)
     down = DownTrack(up, writer, sender, info=None, history_size=64)  # type: ignore[arg-type]
     path = RecordingPath()
     down._path = path  # type: ignore[assignment]

@@ -115,7 +115,6 @@ class Conference:
                 self._options.host_addresses,
                 self._ports,
                 self._options.subscriber_queue_size,
-                self._tasks,
             )
             self._participants[participant_id] = p
             p.pc.on("track", lambda track: self._on_track(p, track))

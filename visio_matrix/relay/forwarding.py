@@ -275,13 +275,9 @@ class SubscriberWriter:
     (``queue_size`` full-size packets) the down tracks drop, video up to the next keyframe.
     """
 
-    def __init__(self, counters: Counters, queue_size: int, tasks: TaskOwner, name: str) -> None:
-        del tasks, name  # no task of its own any more: nothing to own
+    def __init__(self, counters: Counters, queue_size: int) -> None:
         self.counters = counters
         self.max_backlog = queue_size * MAX_PACKET_BYTES
-
-    async def close(self) -> None:
-        return None
 
 
 MAX_PACKET_BYTES = 1500

@@ -1,4 +1,4 @@
-"""One participant of a conference: its RTCPeerConnection, its up/down tracks and its writer.
+"""One participant of a conference: its RTCPeerConnection, its up/down tracks and its send budget.
 
 Negotiation state (one peer connection, relay and participant both offer)::
 
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc import sdp as aiortc_sdp
 
-from ..tasks import TaskOwner
 from . import aiortc_hooks as hooks
 from .api import ParticipantMode, ParticipantStats
 from .forwarding import Counters, DownTrack, SubscriberWriter, UpTrack
@@ -39,7 +38,6 @@ class Participant:
         addresses: tuple[str, ...],
         ports: hooks.PortRange,
         queue_size: int,
-        tasks: TaskOwner,
     ) -> None:
         self.id = participant_id
         self.mode = mode
@@ -61,7 +59,7 @@ class Participant:
         self.watch_task: asyncio.Task[None] | None = None  # the connect timeout
         self.closed = False
         self._closing: asyncio.Future[None] | None = None
-        self.writer = SubscriberWriter(self.counters, queue_size, tasks, participant_id)
+        self.writer = SubscriberWriter(self.counters, queue_size)
 
     @property
     def signaling_state(self) -> str:
@@ -102,7 +100,6 @@ class Participant:
 
     async def close(self) -> None:
         self.closed = True
-        await self.writer.close()
         # aiortc's close() may already be running (it closes itself when the peer closes DTLS) and a
         # second close() awaits the first one's future: cancelling that await would cancel the
         # future and break aiortc's close. So the close runs in its own task, shielded, and is
