@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +274,22 @@ async def test_restarted_bot_keeps_its_device_and_still_decrypts(stack: Stack) -
         await alice.send_text(room_id, "!visio start")
         reply = await alice.wait_for_message(room_id, bot_reply("📞 Call started"), timeout=30)
         assert reply.decrypted
+    finally:
+        await alice.close()
+        await svc.stop()
+
+
+async def test_invite_refused_when_policy_does_not_allow_the_inviters_server(stack: Stack) -> None:
+    """Same homeserver, but a policy that only admits another ministry: the bot declines the invite."""
+    config = stack.config()
+    strict = replace(config, policy=replace(config.policy, allowed_servers=("ministry-b.example",)))
+    svc = Service(strict)
+    await svc.start()
+    alice = await new_user(stack, "alice")
+    try:
+        room_id = await alice.create_room("not for the bot", invite=[svc.bot_user_id], encrypted=True)
+        await alice.wait_for_membership(room_id, svc.bot_user_id, "leave", timeout=30)
+        assert alice.membership(room_id, svc.bot_user_id) == "leave"
     finally:
         await alice.close()
         await svc.stop()
