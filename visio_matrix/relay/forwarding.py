@@ -198,18 +198,24 @@ class DownTrack:
             + block[1]
             + payload
         )
+        if not self._send(data, len(payload)):
+            return
+        self.history.put(seq, (data, len(payload)))
+        hooks.record_sent(self.sender, timestamp, len(payload), ntp_now())
+
+    def _send(self, data: bytes, payload_bytes: int) -> bool:
+        """Send one packet to the subscriber; counted as out, or as a drop when it could not go."""
         try:
             sent = self._path.send(data)
         except ConnectionError:
             sent = False
-        if not sent:
-            self._counters.drops += 1
-            return
-        self.history.put(seq, (data, len(payload)))
-        hooks.record_sent(self.sender, timestamp, len(payload), ntp_now())
         counters = self._counters
+        if not sent:
+            counters.drops += 1
+            return False
         counters.packets_out += 1
-        counters.bytes_out += len(payload)
+        counters.bytes_out += payload_bytes
+        return True
 
     def _extension_block(self, audio_level: tuple[bool, int] | None) -> tuple[int, bytes]:
         """(first header byte, extension header + values) exactly as ``RtpPacket.serialize`` writes them."""
@@ -240,16 +246,8 @@ class DownTrack:
                 )
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
                 data, payload_bytes = packet.serialize(self.extensions), len(packet.payload)
-            try:
-                sent = self._path.send(data)
-            except ConnectionError:
-                sent = False
-            if not sent:
-                self._counters.drops += 1
-                continue
-            self._counters.retransmissions += 1
-            self._counters.packets_out += 1
-            self._counters.bytes_out += payload_bytes
+            if self._send(data, payload_bytes):
+                self._counters.retransmissions += 1
 
     def _drop(self, seq: int) -> None:
         self._counters.drops += 1
