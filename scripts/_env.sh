@@ -17,3 +17,41 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
+
+# Browser tests (tests/browser): Debian's Chromium and the pinned livekit-client from npm.
+# Installs them when possible; without them the browser tests skip locally and fail in CI.
+ensure_browser_deps() {
+  local chromium="${VISIO_CHROMIUM:-/usr/bin/chromium}" problem=""
+  if [ ! -x "$chromium" ]; then
+    if [ "$(id -u)" = "0" ]; then
+      echo "[setup] installing Debian chromium for the browser tests" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 && \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >&2 || problem="apt-get install chromium failed"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      echo "[setup] installing Debian chromium for the browser tests (sudo)" >&2
+      sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 && \
+        sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >&2 || problem="apt-get install chromium failed"
+    else
+      problem="no Chromium at $chromium and no root/sudo to install it (apt-get install chromium)"
+    fi
+  fi
+  local dir="$ROOT/tests/browser" lockstamp="$ROOT/tests/browser/node_modules/.visio-lock"
+  local lock
+  lock="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [ ! -f "$lockstamp" ] || [ "$(cat "$lockstamp")" != "$lock" ]; then
+    if command -v npm >/dev/null 2>&1; then
+      echo "[setup] npm ci in tests/browser (livekit-client)" >&2
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2) && echo "$lock" > "$lockstamp" \
+        || problem="${problem:+$problem; }npm ci in tests/browser failed"
+    else
+      problem="${problem:+$problem; }npm is missing (needed to install livekit-client in tests/browser)"
+    fi
+  fi
+  if [ -n "$problem" ]; then
+    if [ "${CI:-}" = "true" ]; then
+      echo "[setup] ERROR: the browser tests must run in CI: $problem" >&2
+      return 1
+    fi
+    echo "[setup] warning: browser tests will be skipped: $problem" >&2
+  fi
+}

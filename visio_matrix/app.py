@@ -1,7 +1,7 @@
 """The composition root: builds every component of one service instance, starts and stops them.
 
-Start order: store -> bot device (keys, first /sync) -> room bot -> housekeeping -> HTTP listener
--> appservice ping. Stop order is the reverse. Nothing else in the package builds components or holds globals.
+Start order: store -> bot device (keys, first /sync) -> relay -> conference hub (+ room status) ->
+room bot -> housekeeping -> HTTP listener -> appservice ping. Stop order is the reverse. Nothing else in the package builds components or holds globals.
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ from aiohttp import web
 from visio_matrix.appservice.homeserver import HomeserverClient, MatrixError
 from visio_matrix.appservice.http import build_routes, matrix_errors_middleware
 from visio_matrix.appservice.transactions import TransactionProcessor
+from visio_matrix.calls.hub import ConferenceHub
+from visio_matrix.calls.room_access import BotRoomAccess
 from visio_matrix.calls.room_bot import RoomBot
+from visio_matrix.calls.room_status import RoomStatus
 from visio_matrix.clock import Clock, SystemClock
 from visio_matrix.config import Config
 from visio_matrix.crypto.bot_device import BotDevice
 from visio_matrix.housekeeping import Housekeeping
 from visio_matrix.metrics import Metrics
+from visio_matrix.relay import Relay, RelayOptions
 from visio_matrix.storage import Store, StoreError, open_store, sqlite_url
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,9 @@ class Service:
         self._homeserver: HomeserverClient | None = None
         self._device: BotDevice | None = None
         self._bot: RoomBot | None = None
+        self._relay: Relay | None = None
+        self._hub: ConferenceHub | None = None
+        self._status: RoomStatus | None = None
         self._runner: web.AppRunner | None = None
         self._housekeeping: Housekeeping | None = None
         self.ping_result: PingResult | None = None
@@ -59,6 +66,16 @@ class Service:
     def device(self) -> BotDevice:
         assert self._device is not None, "service not started"
         return self._device
+
+    @property
+    def hub(self) -> ConferenceHub:
+        assert self._hub is not None, "service not started"
+        return self._hub
+
+    @property
+    def relay(self) -> Relay:
+        assert self._relay is not None, "service not started"
+        return self._relay
 
     @property
     def bot(self) -> RoomBot:
@@ -85,7 +102,35 @@ class Service:
             )
             await self._device.start()
             await self._set_display_name()
-            self._bot = RoomBot(self._device, self._store, cfg.policy, self.clock, self.metrics)
+            self._relay = Relay(
+                RelayOptions(
+                    host_addresses=cfg.relay.public_addresses or (cfg.relay.bind_address,),
+                    udp_port_min=cfg.relay.udp_port_min,
+                    udp_port_max=cfg.relay.udp_port_max,
+                ),
+                self.clock,
+            )
+            self._hub = ConferenceHub(
+                self._relay,
+                self._relay.events,
+                self._store,
+                BotRoomAccess(self._device),
+                cfg.policy,
+                self.clock,
+                self.metrics,
+            )
+            self._status = RoomStatus(
+                self._device,
+                self._store,
+                self._hub,
+                {"user_id": self.bot_user_id, "device_id": self._device.device_id},
+            )
+            self._hub.add_listener(self._status)
+            await self._hub.start()
+            self._status.start()
+            self._bot = RoomBot(
+                self._device, self._store, cfg.policy, self.clock, self.metrics, conferences=self._hub
+            )
             await self._bot.start()
             self._housekeeping = Housekeeping(self._store, self.clock)
             self._housekeeping.start()
@@ -119,6 +164,15 @@ class Service:
         if self._bot is not None:
             await self._bot.stop()
             self._bot = None
+        if self._status is not None:
+            await self._status.stop()
+            self._status = None
+        if self._hub is not None:
+            await self._hub.stop()
+            self._hub = None
+        if self._relay is not None:
+            await self._relay.close()
+            self._relay = None
         if self._device is not None:
             await self._device.stop()
             self._device = None

@@ -291,3 +291,35 @@ async def test_ping_then_closed(store_url: str) -> None:
     await store.close()
     with pytest.raises(StoreError):
         await store.ping()
+
+
+async def test_participants_join_leave_and_listing(store: Store) -> None:
+    record = await store.create_conference("!room:hs", "@alice:hs", 1000)
+    other = await store.create_conference("!other:hs", "@bob:hs", 1000)
+    await store.add_participant(
+        "PA_b", record.conference_id, "@bob:hs", "BOBDEV", "todevice", {"call_id": "c2"}, 2000
+    )
+    await store.add_participant(
+        "PA_a", record.conference_id, "@alice:hs", "ALDEV", "todevice", {"call_id": "c1"}, 1500
+    )
+    await store.add_participant("PA_x", other.conference_id, "@bob:hs", "BOBDEV", "dm", {}, 1600)
+    everyone = await store.list_participants(record.conference_id)
+    assert [p.participant_id for p in everyone] == ["PA_a", "PA_b"]  # join order, own conference only
+    assert everyone[0].transport_data == {"call_id": "c1"}
+    assert everyone[0].left_at_ms is None
+
+    assert await store.mark_participant_left("PA_a", "left", 3000) is True
+    assert await store.mark_participant_left("PA_a", "left", 4000) is False  # already gone: first time kept
+    present = await store.list_participants(record.conference_id, present_only=True)
+    assert [p.participant_id for p in present] == ["PA_b"]
+    gone = (await store.list_participants(record.conference_id))[0]
+    assert (gone.left_at_ms, gone.left_reason) == (3000, "left")
+
+    assert await store.mark_all_participants_left(record.conference_id, "conference_ended", 5000) == 1
+    assert await store.list_participants(record.conference_id, present_only=True) == []
+    assert len(await store.list_participants(other.conference_id, present_only=True)) == 1
+
+
+async def test_participant_of_unknown_conference_is_refused(store: Store) -> None:
+    with pytest.raises(StoreError):
+        await store.add_participant("PA_z", "no-such-conference", "@a:hs", "D", "todevice", {}, 1)

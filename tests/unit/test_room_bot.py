@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from visio_matrix.appservice.events import RoomEvent
+from visio_matrix.calls.hub import ConferenceHub
 from visio_matrix.calls.room_bot import RoomBot, format_duration
 from visio_matrix.clock import FakeClock
 from visio_matrix.config.model import PolicyConfig
@@ -70,9 +72,21 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await s.close()
 
 
+class NoMembers:
+    async def is_joined(self, room_id: str, user_id: str) -> bool:
+        return False
+
+
+def hub_for(store: Store, policy: PolicyConfig, clock: FakeClock) -> ConferenceHub:
+    """A real hub; these tests never add participants, so it never touches its relay."""
+    return ConferenceHub(None, asyncio.Queue(), store, NoMembers(), policy, clock, Metrics())  # type: ignore[arg-type]
+
+
 def make_bot(io: FakeIO, store: Store, clock: FakeClock) -> RoomBot:
     policy = PolicyConfig(allowed_servers=("hs", "*.gouv.fr"), start_power_level=0, stop_power_level=50)
-    return RoomBot(io, store, policy, clock, Metrics(), pending_ttl=60)
+    return RoomBot(
+        io, store, policy, clock, Metrics(), pending_ttl=60, conferences=hub_for(store, policy, clock)
+    )
 
 
 _n = 0
@@ -105,7 +119,7 @@ async def test_start_status_stop_cycle(store: Store) -> None:
     assert await store.get_active_conference(ROOM) is not None
 
     await bot.on_room_event(msg("@mod:hs", "!visio stop"))
-    assert io.bodies()[-1] == "📴 Call ended by @mod:hs after 2m05s."
+    assert io.bodies()[-1] == "📴 Call ended by @mod:hs after 2m05s. Participants: nobody joined."
     assert await store.get_active_conference(ROOM) is None
 
     await bot.on_room_event(msg("@creator:hs", "!visio stop"))
@@ -116,7 +130,8 @@ async def test_start_status_stop_cycle(store: Store) -> None:
 
 async def test_start_needs_power_level(store: Store) -> None:
     io = FakeIO()
-    bot = RoomBot(io, store, PolicyConfig(("hs",), start_power_level=50), FakeClock(), Metrics())
+    policy, clock = PolicyConfig(("hs",), start_power_level=50), FakeClock()
+    bot = RoomBot(io, store, policy, clock, Metrics(), conferences=hub_for(store, policy, clock))
     await bot.on_room_event(msg("@user:hs", "!visio start"))
     assert io.bodies() == ["Sorry: Starting a call needs power level 50 in this room; you have 0."]
     await bot.on_room_event(msg("@creator:hs", "!visio start"))  # privileged creator (room v12)

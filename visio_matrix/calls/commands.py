@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "!visio"
-KNOWN = ("help", "start", "status", "stop")
+KNOWN = ("help", "start", "status", "stop", "join", "ring")
 
 
 @dataclass(frozen=True)
@@ -39,5 +39,8 @@ HELP_TEXT = (
     "  !visio start   start a call in this room\n"
     "  !visio status  show the call of this room\n"
     "  !visio stop    end the call of this room\n"
+    "  !visio join    join the call of this room from your direct chat with me (I call you there)\n"
+    "  !visio join <room>  in our direct chat: choose which room's call you join when you call me\n"
+    "  !visio ring    call every member of this room who is not in its call yet\n"
     "  !visio help    this text"
 )

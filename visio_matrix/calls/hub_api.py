@@ -161,7 +161,9 @@ class ParticipantLink(Protocol):
 
 
 class HubListener(Protocol):
-    async def on_hub_event(self, event: HubEvent) -> None: ...
+    async def on_hub_event(self, event: HubEvent) -> None:
+        """Called in order for every event; must return quickly (queue any network work)."""
+        ...
 
 
 class HubError(Exception):
@@ -186,13 +188,15 @@ class HubApi(Protocol):
         mode: ParticipantMode = "sfu",
         stream_purposes: Mapping[str, str] | None = None,
         start_if_none: bool = False,
+        transport_data: Mapping[str, str] | None = None,
     ) -> Joined:
         """Admit ``identity`` into ``room_id``'s conference.
 
         Raises ``HubError`` with code ``not_a_member`` (identity.user_id is not joined to the room),
         ``no_conference`` (no active conference and ``start_if_none`` is False), ``server_not_allowed``,
         ``bad_sdp`` (the relay refused the offer). If the same identity (user and device) is already in,
-        the old participant is removed first (reason ``replaced``).
+        the old participant is removed first (reason ``replaced``). ``transport_data`` is stored with
+        the participant and handed back after a restart (``ConferenceHub.take_restorable``).
         """
         ...
 

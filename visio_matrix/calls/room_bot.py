@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from visio_matrix.appservice.events import RoomEvent, Transaction
 from visio_matrix.calls.commands import HELP_TEXT, Command, parse_command
+from visio_matrix.calls.hub_api import ConferenceEnded
 from visio_matrix.calls.policy import may_act
 from visio_matrix.clock import Clock
 from visio_matrix.config.model import PolicyConfig
@@ -45,6 +46,19 @@ class RoomIO(Protocol):
     async def wait_for_sync(self, timeout: float) -> bool: ...
 
 
+# -- DM calls (H7): the 1:1 call transport plugs in here ------------------------------------------
+class CallEvents(Protocol):
+    """``calls.dm_calls.DmCalls``: gets every ``m.call.*`` room event (decrypted when it was
+    encrypted) and the ``join``/``ring`` commands, whose reply text and metrics result it returns."""
+
+    async def on_call_event(self, event: RoomEvent, event_type: str, content: dict[str, Any]) -> None: ...
+
+    async def on_command(self, event: RoomEvent, command: Command) -> tuple[str, str]: ...
+
+
+# -- end DM calls (H7) ------------------------------------------------------------------------------
+
+
 class ConferenceStore(Protocol):
     async def create_conference(self, room_id: str, started_by: str, now_ms: int) -> ConferenceRecord: ...
 
@@ -59,11 +73,29 @@ class ConferenceStore(Protocol):
     async def list_active_conferences(self) -> list[ConferenceRecord]: ...
 
 
+class ConferenceControl(Protocol):
+    """Starting and ending a room's conference (``calls.hub.ConferenceHub``)."""
+
+    async def start_conference(self, room_id: str, started_by: str) -> ConferenceRecord: ...
+
+    async def end_conference(self, room_id: str, ended_by: str) -> ConferenceEnded | None: ...
+
+    async def on_membership(self, room_id: str, user_id: str, membership: str) -> None: ...
+
+
 def format_duration(ms: int) -> str:
     seconds = max(0, ms // 1000)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def summary_text(ended: ConferenceEnded) -> str:
+    """ "📴 Call ended by X after 2m05s. Participants: A, B." (also used by the room status)."""
+    duration = format_duration(ended.ended_at_ms - ended.started_at_ms)
+    who = f" by {ended.ended_by}" if ended.ended_by else " (everyone left)"
+    people = ", ".join(ended.participants) if ended.participants else "nobody joined"
+    return f"📴 Call ended{who} after {duration}. Participants: {people}."
 
 
 def notice(body: str, reply_to: str | None = None) -> dict[str, Any]:
@@ -82,13 +114,18 @@ class RoomBot:
         clock: Clock,
         metrics: Metrics,
         pending_ttl: float = 120.0,
+        call_events: CallEvents | None = None,  # DM calls (H7)
+        *,
+        conferences: ConferenceControl,
     ) -> None:
         self._io = io
         self._store = store
+        self._conferences = conferences
         self._policy = policy
         self._clock = clock
         self._metrics = metrics
         self._pending_ttl = pending_ttl
+        self._call_events = call_events  # DM calls (H7)
         self._pending: list[tuple[RoomEvent, float]] = []
         self._tasks = TaskOwner("room-bot")
 
@@ -123,10 +160,17 @@ class RoomBot:
             return
         if event.type == "m.room.member" and event.state_key == self._io.user_id:
             await self._on_own_membership(event)
+        elif event.type == "m.room.member" and event.state_key:
+            membership = event.content.get("membership")
+            await self._conferences.on_membership(
+                event.room_id, event.state_key, membership if isinstance(membership, str) else "leave"
+            )
         elif event.type == "m.room.message":
             await self._on_message(event, event.content, encrypted=False)
         elif event.type == "m.room.encrypted":
             await self._on_encrypted(event)
+        elif event.type.startswith("m.call.") and self._call_events is not None:  # DM calls (H7)
+            await self._call_events.on_call_event(event, event.type, event.content)
 
     # ---- membership -----------------------------------------------------------------------------
 
@@ -174,6 +218,8 @@ class RoomBot:
     async def _on_decrypted(self, event: RoomEvent, result: Decrypted) -> None:
         if result.type == "m.room.message":
             await self._on_message(event, result.content, encrypted=True)
+        elif result.type.startswith("m.call.") and self._call_events is not None:  # DM calls (H7)
+            await self._call_events.on_call_event(event, result.type, result.content)
 
     async def _retry_loop(self) -> None:
         while True:
@@ -215,6 +261,8 @@ class RoomBot:
             "start": self._start,
             "status": self._status,
             "stop": self._stop,
+            "join": self._call_command,  # DM calls (H7)
+            "ring": self._call_command,  # DM calls (H7)
         }.get(command.name, self._unknown)
         await handler(event, command)
 
@@ -232,6 +280,16 @@ class RoomBot:
     async def _help(self, event: RoomEvent, command: Command) -> None:
         await self._reply(event, HELP_TEXT, command, "ok")
 
+    # -- DM calls (H7) --------------------------------------------------------------------------
+    async def _call_command(self, event: RoomEvent, command: Command) -> None:
+        if self._call_events is None:
+            await self._reply(event, "Calls through direct chats are not enabled here.", command, "disabled")
+            return
+        text, result = await self._call_events.on_command(event, command)
+        await self._reply(event, text, command, result)
+
+    # -- end DM calls (H7) ----------------------------------------------------------------------
+
     async def _unknown(self, event: RoomEvent, command: Command) -> None:
         await self._reply(event, f"Unknown command '{command.raw_name}'.\n{HELP_TEXT}", command, "unknown")
 
@@ -242,7 +300,7 @@ class RoomBot:
             return
         now = self._clock.wall_ms()
         try:
-            record = await self._store.create_conference(event.room_id, event.sender, now)
+            record = await self._conferences.start_conference(event.room_id, event.sender)
         except ConferenceExistsError:
             active = await self._store.get_active_conference(event.room_id)
             since = format_duration(now - active.started_at_ms) if active else "?"
@@ -250,7 +308,6 @@ class RoomBot:
                 event, f"A call is already running in this room (for {since}).", command, "exists"
             )
             return
-        self._metrics.active_conferences.inc()
         event_id = await self._reply(
             event,
             f"📞 Call started by {event.sender} (conference {record.conference_id}). "
@@ -282,10 +339,8 @@ class RoomBot:
         if denied:
             await self._reply(event, f"Sorry: {denied}.", command, "denied")
             return
-        ended = await self._store.end_conference(active.conference_id, event.sender, self._clock.wall_ms())
+        ended = await self._conferences.end_conference(event.room_id, event.sender)
         if ended is None:
             await self._reply(event, "No call is running in this room.", command, "none")
             return
-        self._metrics.active_conferences.dec()
-        duration = format_duration((ended.ended_at_ms or 0) - ended.started_at_ms)
-        await self._reply(event, f"📴 Call ended by {event.sender} after {duration}.", command, "ok")
+        await self._reply(event, summary_text(ended), command, "ok")

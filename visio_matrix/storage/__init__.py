@@ -30,7 +30,7 @@ from .errors import (
     UniqueViolationError,
 )
 from .migrations import CODE_VERSION, MIGRATIONS, Migration, migrate
-from .records import ConferenceRecord
+from .records import ConferenceRecord, ParticipantRecord
 from .store import Store
 from .url import DatabaseUrl, mask_url, parse_database_url, sqlite_url
 
@@ -43,6 +43,7 @@ __all__ = [
     "DatabaseUrl",
     "Migration",
     "MigrationError",
+    "ParticipantRecord",
     "SchemaTooNewError",
     "Store",
     "StoreError",

@@ -64,6 +64,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX conference_room_started ON conference (room_id, started_at_ms)",
         ),
     ),
+    Migration(
+        3,
+        "conference participants (for summaries and for bringing them back after a restart)",
+        (
+            """CREATE TABLE conference_participant (
+                participant_id TEXT PRIMARY KEY,
+                conference_id TEXT NOT NULL REFERENCES conference (conference_id),
+                user_id TEXT NOT NULL,
+                device_id TEXT NOT NULL,
+                transport TEXT NOT NULL,
+                transport_data TEXT NOT NULL,
+                joined_at_ms BIGINT NOT NULL,
+                left_at_ms BIGINT,
+                left_reason TEXT
+            )""",
+            "CREATE INDEX conference_participant_conf ON conference_participant (conference_id, joined_at_ms)",
+        ),
+    ),
 )
 
 CODE_VERSION = MIGRATIONS[-1].version

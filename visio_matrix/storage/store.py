@@ -7,14 +7,20 @@ DO NOTHING``), and a room has at most one active conference (a partial unique in
 
 from __future__ import annotations
 
+import json
 import secrets
+from collections.abc import Mapping
 
 from .database import Database
 from .errors import ConferenceExistsError, UniqueViolationError
-from .records import ConferenceRecord
+from .records import ConferenceRecord, ParticipantRecord
 
 PING_TIMEOUT_S = 5.0
 
+_PARTICIPANT_COLUMNS = (
+    "participant_id, conference_id, user_id, device_id, transport, transport_data, "
+    "joined_at_ms, left_at_ms, left_reason"
+)
 _CONFERENCE_COLUMNS = (
     "conference_id, room_id, started_by, started_at_ms, ended_at_ms, ended_by, state_event_id"
 )
@@ -166,4 +172,60 @@ class Store:
         """Remember the room message the bot edits to show this call's state."""
         await self._db.execute(
             "UPDATE conference SET state_event_id = $2 WHERE conference_id = $1", conference_id, event_id
+        )
+
+    # -- participants of conferences
+
+    async def add_participant(
+        self,
+        participant_id: str,
+        conference_id: str,
+        user_id: str,
+        device_id: str,
+        transport: str,
+        transport_data: Mapping[str, str],
+        now_ms: int,
+    ) -> None:
+        await self._db.execute(
+            f"INSERT INTO conference_participant ({_PARTICIPANT_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)",
+            participant_id,
+            conference_id,
+            user_id,
+            device_id,
+            transport,
+            json.dumps(dict(transport_data), sort_keys=True),
+            now_ms,
+        )
+
+    async def mark_participant_left(self, participant_id: str, reason: str, now_ms: int) -> bool:
+        """Record that a participant left; False when unknown or already gone."""
+        changed = await self._db.execute(
+            "UPDATE conference_participant SET left_at_ms = $2, left_reason = $3 "
+            "WHERE participant_id = $1 AND left_at_ms IS NULL",
+            participant_id,
+            now_ms,
+            reason,
+        )
+        return changed == 1
+
+    async def list_participants(
+        self, conference_id: str, present_only: bool = False
+    ) -> list[ParticipantRecord]:
+        """Participants of a conference in join order (all, or only those still present)."""
+        extra = " AND left_at_ms IS NULL" if present_only else ""
+        rows = await self._db.fetch(
+            f"SELECT {_PARTICIPANT_COLUMNS} FROM conference_participant WHERE conference_id = $1{extra} "
+            "ORDER BY joined_at_ms, participant_id",
+            conference_id,
+        )
+        return [ParticipantRecord.from_row(row) for row in rows]
+
+    async def mark_all_participants_left(self, conference_id: str, reason: str, now_ms: int) -> int:
+        return await self._db.execute(
+            "UPDATE conference_participant SET left_at_ms = $2, left_reason = $3 "
+            "WHERE conference_id = $1 AND left_at_ms IS NULL",
+            conference_id,
+            now_ms,
+            reason,
         )
