@@ -7,6 +7,7 @@ Instances are only built by ``visio_matrix.config.parse``; secret fields are lef
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -92,10 +93,17 @@ class PolicyConfig:
     allowed_servers: tuple[str, ...]
     start_power_level: int = 0
     stop_power_level: int = 50
+    # Servers whose users may cause a conference to be created through the LiveKit focus (the others
+    # among allowed_servers may only join one that is running): lk-jwt-service's "full access".
+    open_call_servers: tuple[str, ...] = ()
 
     def server_allowed(self, server_name: str) -> bool:
         """Whether users of ``server_name`` (port included when it has one) may use the service."""
         return any(server_pattern_regex(p).fullmatch(server_name) for p in self.allowed_servers)
+
+    def server_may_open_calls(self, server_name: str) -> bool:
+        """Whether users of ``server_name`` may start a conference through the focus."""
+        return any(server_pattern_regex(p).fullmatch(server_name) for p in self.open_call_servers)
 
     def user_allowed(self, user_id: str) -> bool:
         """Whether the Matrix user ``@local:server`` belongs to an allowed server."""
@@ -120,6 +128,28 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class FocusConfig:
+    """The MatrixRTC LiveKit focus (token service + LiveKit signaling) for Element Call clients."""
+
+    enabled: bool
+    # Base URL clients reach the token service at (the MSC4143 ``livekit_service_url``).
+    public_url: str
+    # The ws(s):// URL handed to clients with each token (LiveKit signaling).
+    livekit_url: str
+    api_key: str
+    api_secret: str = field(repr=False)
+    # Seconds.
+    token_lifetime: float
+    verify_federation_tls: bool
+    # server_name -> base URL for the OpenID userinfo call, instead of federation discovery.
+    homeserver_urls: Mapping[str, str]
+
+    def signing_keys(self) -> dict[str, str]:
+        """``iss`` -> secret, what ``focus.jwt.verify_token`` takes."""
+        return {self.api_key: self.api_secret}
+
+
+@dataclass(frozen=True)
 class Config:
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
@@ -129,3 +159,4 @@ class Config:
     policy: PolicyConfig
     logging: LoggingConfig
     metrics: MetricsConfig
+    focus: FocusConfig

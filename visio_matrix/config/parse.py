@@ -18,6 +18,7 @@ from visio_matrix.config.model import (
     Config,
     CryptoConfig,
     DatabaseConfig,
+    FocusConfig,
     HomeserverConfig,
     LogFormat,
     LoggingConfig,
@@ -46,9 +47,20 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "database": ("url",),
     "crypto": ("store_path", "pickle_key", "pickle_key_file"),
     "relay": ("bind_address", "public_addresses", "udp_port_min", "udp_port_max"),
-    "policy": ("allowed_servers", "start_power_level", "stop_power_level"),
+    "policy": ("allowed_servers", "start_power_level", "stop_power_level", "open_call_servers"),
     "logging": ("level", "format"),
     "metrics": ("enabled",),
+    "focus": (
+        "enabled",
+        "public_url",
+        "livekit_url",
+        "api_key",
+        "api_secret",
+        "api_secret_file",
+        "token_lifetime",
+        "verify_federation_tls",
+        "homeserver_urls",
+    ),
 }
 
 DEFAULT_DATABASE_URL = "sqlite:///visio.db"
@@ -273,28 +285,40 @@ def _relay(top: Section) -> RelayConfig:
     )
 
 
-def _policy(top: Section, server_name: str) -> PolicyConfig:
-    s = top.section("policy", SCHEMA["policy"])
-    default = [server_name] if server_name else []
-    items = s.string_list("allowed_servers", default, what="a list of server names (* as wildcard)")
+def _server_patterns(s: Section, key: str, default: list[str]) -> list[str]:
+    items = s.string_list(key, default, what="a list of server names (* as wildcard)")
     patterns = []
     for index, pattern in items:
         # The default (the server name) was checked in its own section: never report it twice.
-        if _SERVER_PATTERN.fullmatch(pattern) or s.raw("allowed_servers") is None:
+        if _SERVER_PATTERN.fullmatch(pattern) or s.raw(key) is None:
             patterns.append(pattern)
         else:
             s.problems.error(
-                f"policy.allowed_servers[{index}]",
+                f"{s.key_path(key)}[{index}]",
                 f"expected a server name, '*' allowed as wildcard, got {describe(pattern)}",
             )
-    if s.has("allowed_servers") and s.ok("allowed_servers") and not items:
+    return patterns
+
+
+def _policy(top: Section, server_name: str) -> PolicyConfig:
+    s = top.section("policy", SCHEMA["policy"])
+    default = [server_name] if server_name else []
+    patterns = _server_patterns(s, "allowed_servers", default)
+    items = patterns if s.ok("allowed_servers") else []
+    if s.has("allowed_servers") and s.ok("allowed_servers") and not s.raw("allowed_servers"):
         s.problems.warn("policy.allowed_servers", "empty: no user may use the service")
     bound = POWER_LEVEL_BOUND
     what = "an integer (a room power level, e.g. 0, 50, 100)"
     start = s.integer("start_power_level", 0, low=-bound, high=bound, what=what)
     stop = s.integer("stop_power_level", 50, low=-bound, high=bound, what=what)
+    open_calls = _server_patterns(s, "open_call_servers", default)
     s.warn_unknown()
-    return PolicyConfig(allowed_servers=tuple(patterns), start_power_level=start, stop_power_level=stop)
+    return PolicyConfig(
+        allowed_servers=tuple(patterns),
+        start_power_level=start,
+        stop_power_level=stop,
+        open_call_servers=tuple(open_calls),
+    )
 
 
 def _logging(top: Section) -> LoggingConfig:
