@@ -22,6 +22,7 @@ from visio_matrix.calls.hub import ConferenceHub
 from visio_matrix.calls.room_access import BotRoomAccess
 from visio_matrix.calls.room_bot import RoomBot
 from visio_matrix.calls.room_status import RoomStatus
+from visio_matrix.calls.todevice import ToDeviceCalls
 from visio_matrix.clock import Clock, SystemClock
 from visio_matrix.config import Config
 from visio_matrix.crypto.bot_device import BotDevice
@@ -52,6 +53,7 @@ class Service:
         self._relay: Relay | None = None
         self._hub: ConferenceHub | None = None
         self._status: RoomStatus | None = None
+        self._todevice: ToDeviceCalls | None = None
         self._runner: web.AppRunner | None = None
         self._housekeeping: Housekeeping | None = None
         self.ping_result: PingResult | None = None
@@ -132,6 +134,10 @@ class Service:
                 self._device, self._store, cfg.policy, self.clock, self.metrics, conferences=self._hub
             )
             await self._bot.start()
+            self._todevice = ToDeviceCalls(
+                self._device.to_device, self._hub, self.bot_user_id, self._device.device_id, self.clock
+            )
+            self._todevice.start()
             self._housekeeping = Housekeeping(self._store, self.clock)
             self._housekeeping.start()
             processor = TransactionProcessor(
@@ -164,6 +170,9 @@ class Service:
         if self._bot is not None:
             await self._bot.stop()
             self._bot = None
+        if self._todevice is not None:
+            await self._todevice.stop()
+            self._todevice = None
         if self._status is not None:
             await self._status.stop()
             self._status = None

@@ -34,6 +34,8 @@ logging:
   level: LOUD
 relay:
   bind_adress: 10.0.0.1
+focus:
+  api_secret: ffffffffffffffffffffffffffffffffffffffff
 """
 EXPECTED_ERRORS = [
     "error: homeserver.server_name: required: the homeserver's server name (e.g. example.org) (line 1)",

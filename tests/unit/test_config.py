@@ -14,6 +14,7 @@ from visio_matrix.config import SCHEMA, Config, ConfigError, parse_config
 AS = "a" * 20 + "as-token-xyz"
 HS = "h" * 20 + "hs-token-xyz"
 PICKLE = "p" * 32
+FOCUS_SECRET = "f" * 40
 _DELETE = object()
 
 
@@ -22,6 +23,7 @@ def minimal() -> dict[str, Any]:
         "homeserver": {"url": "http://127.0.0.1:8008", "server_name": "localhost:8481"},
         "appservice": {"as_token": AS, "hs_token": HS},
         "crypto": {"pickle_key": PICKLE},
+        "focus": {"api_secret": FOCUS_SECRET},
     }
 
 

@@ -123,7 +123,9 @@ def test_errors_carry_the_line_of_the_key_or_its_section(tmp_path: Path) -> None
         "  hs_token: hhhhhhhhhhhhhhhhhhhhhhhh\n"
         "  port: abc\n"
         "crypto:\n"
-        "  pickle_key: pppppppppppppppppppppppp\n",
+        "  pickle_key: pppppppppppppppppppppppp\n"
+        "focus:\n"
+        "  api_secret: ffffffffffffffffffffffffffffffffffffffff\n",
     )
     with pytest.raises(ConfigError) as info:
         load_config(path)

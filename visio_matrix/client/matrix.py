@@ -27,6 +27,8 @@ from nio import (
 )
 from nio.store import SqliteStore
 
+from visio_matrix.crypto.todevice import SecureToDeviceChannel
+from visio_matrix.signaling.messages import CALL_EVENT_TYPES
 from visio_matrix.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,13 @@ def _check(response: object, what: str) -> Any:
 
 
 class VisioMatrixClient:
-    """A logged-in nio ``AsyncClient`` with E2EE and an owned background /sync loop."""
+    """A logged-in nio ``AsyncClient`` with E2EE, an owned background /sync loop, and the client's one
+    Olm to-device channel for call signaling (``to_device``: pass it to ``ConferenceClient``)."""
 
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
+        self.to_device = SecureToDeviceChannel(client, types=CALL_EVENT_TYPES)
         self._tasks = TaskOwner(f"matrix-client {client.user_id}")
-        self._keys_lock = asyncio.Lock()
         self._synced = asyncio.Condition()
 
     @property
@@ -64,6 +67,7 @@ class VisioMatrixClient:
 
     async def start(self) -> None:
         """First sync (with key upload around it), then the background loop."""
+        self.to_device.install()  # before the first sync, or its to-device events would be dropped
         await self._key_maintenance()
         await self._sync_once(timeout_ms=0)
         await self._key_maintenance()
@@ -71,6 +75,7 @@ class VisioMatrixClient:
 
     async def close(self) -> None:
         await self._tasks.close()
+        await self.to_device.close()
         await self.client.close()
 
     async def wait_for_sync(self, timeout: float) -> None:
@@ -96,7 +101,7 @@ class VisioMatrixClient:
 
     async def _key_maintenance(self) -> None:
         client = self.client
-        async with self._keys_lock:
+        async with self.to_device.keys_lock:  # nio must not claim keys for a device twice at once
             if client.outgoing_to_device_messages:
                 await client.send_to_device_messages()
             if client.should_upload_keys:
@@ -112,7 +117,7 @@ async def login_client(
 ) -> VisioMatrixClient:
     """Log in as a new E2EE device (keys kept in ``store_dir``) and start syncing."""
     store = Path(store_dir)
-    store.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(store.mkdir, parents=True, exist_ok=True)
     config = AsyncClientConfig(store=SqliteStore, store_sync_tokens=True, encryption_enabled=True)
     client = AsyncClient(homeserver_url, user_id, store_path=str(store), config=config)
     try:
@@ -137,8 +142,12 @@ class Focus:
 
 
 def focus_from_content(content: dict[str, Any], bot_user_id: str) -> Focus | None:
-    """The focus announced by one event content (``io.visio.conference``), or None if absent/invalid."""
+    """The focus announced by one event content (``io.visio.conference``, also inside an edit's
+    ``m.new_content``: the bot edits its status message), or None if absent/invalid."""
     conference = content.get(CONFERENCE_FIELD)
+    new_content = content.get("m.new_content")
+    if not isinstance(conference, dict) and isinstance(new_content, dict):
+        conference = new_content.get(CONFERENCE_FIELD)
     if not isinstance(conference, dict):
         return None
     focus = conference.get("focus")

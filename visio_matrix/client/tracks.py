@@ -128,6 +128,7 @@ class RemoteTracks:
             )
         async with self._changed:
             self._tracks = tracks
+            self._error = None
             self._changed.notify_all()
 
     async def clear(self, error: BaseException | None = None) -> None:

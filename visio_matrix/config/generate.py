@@ -27,6 +27,12 @@ _DEFAULTS: dict[str, object] = {
     "log_level": "INFO",
     "log_format": "text",
     "metrics_enabled": True,
+    "open_call_servers": None,
+    "focus_enabled": True,
+    "focus_public_url": None,
+    "focus_livekit_url": None,
+    "focus_api_key": "visio",
+    "token_lifetime": "1h",
 }
 
 OVERRIDES = tuple(_DEFAULTS)
@@ -51,7 +57,7 @@ def generate_config_text(**overrides: object) -> str:
         raise TypeError(f"unknown override(s): {', '.join(unknown)}; expected some of {', '.join(OVERRIDES)}")
     v = dict(_DEFAULTS)
     v.update({k: val for k, val in overrides.items() if val is not None})
-    for key in ("relay_public_addresses", "allowed_servers"):
+    for key in ("relay_public_addresses", "allowed_servers", "open_call_servers"):
         if isinstance(v[key], str):
             v[key] = [v[key]]
 
@@ -115,6 +121,10 @@ policy:
   # Minimum room power level to run `!visio start` and `!visio stop`.
   start_power_level: {s["start_power_level"]}
   stop_power_level: {s["stop_power_level"]}
+  # Users of these servers may start a call from Element Call (the focus then creates the
+  # conference); users of the other allowed servers may only join a running one.
+  # Default: the homeserver's own server name.
+{line("open_call_servers", "open_call_servers", "[" + s["server_name"] + "]")}
 
 logging:
   # DEBUG, INFO, WARNING or ERROR.
@@ -125,4 +135,24 @@ logging:
 metrics:
   # Prometheus metrics at /metrics on the appservice listener.
   enabled: {s["metrics_enabled"]}
+
+focus:
+  # The MatrixRTC LiveKit focus for Element Call (token service at /sfu/get and /get_token,
+  # LiveKit signaling at /rtc), served on the appservice listener. See docs/element-call.md.
+  enabled: {s["focus_enabled"]}
+  # The base URL browsers reach the focus at (default: appservice.public_url); give it to
+  # Synapse as the MatrixRTC transport's livekit_service_url.
+{line("focus_public_url", "public_url", '"https://visio.example.org"')}
+  # The ws(s):// URL handed out with each token (default: public_url with ws:// or wss://).
+{line("focus_livekit_url", "livekit_url", '"wss://visio.example.org"')}
+  # Issuer of the LiveKit access tokens, and their HS256 signing secret (or api_secret_file).
+  api_key: {s["focus_api_key"]}
+  api_secret: {_scalar(new_secret())}
+  # How long an access token stays valid (30s, 15m, 1h...).
+  token_lifetime: {s["token_lifetime"]}
+  # false only for test homeservers with self-signed certificates.
+  verify_federation_tls: true
+  # Where to check a server's OpenID tokens instead of federation discovery (server name -> URL).
+  # The homeserver above is always reached at homeserver.url.
+  # homeserver_urls: {{"other.example.net": "https://matrix.other.example.net:8448"}}
 """

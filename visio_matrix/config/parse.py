@@ -74,6 +74,12 @@ _DNS_NAME = re.compile(
 _LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
 _APPSERVICE_ID = re.compile(r"[A-Za-z0-9._~-]+")
 _SERVER_PATTERN = re.compile(r"[A-Za-z0-9.*:\[\]-]+")
+_API_KEY = re.compile(r"[A-Za-z0-9._~-]+")
+# HS256 wants a key of at least 256 bits (RFC 7518 3.2).
+MIN_FOCUS_SECRET_LENGTH = 32
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def is_hostname(text: str) -> bool:
@@ -113,6 +119,64 @@ def url_problem(text: str) -> str | None:
         return f"not a valid URL ({exc})"
     if parts.scheme not in ("http", "https"):
         return "expected an http:// or https:// URL"
+    if not parts.hostname:
+        return "the URL has no host"
+    if parts.query or parts.fragment:
+        return "the URL must not have a query or fragment"
+    return None
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``90`` (an integer: seconds), ``"30s"``, ``"15m"``, ``"1h"``, ``"1h30m"``,
+    ``"500ms"`` or ``"1d"``; ``ValueError`` for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _DURATION.fullmatch(value.strip()):
+        return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value.strip()))
+    raise ValueError(f"expected a duration such as 30s, 15m or 1h, got {describe(value)}")
+
+
+def _duration_text(seconds: float) -> str:
+    for unit in ("d", "h", "m"):
+        if seconds >= _DURATION_UNITS[unit] and seconds % _DURATION_UNITS[unit] == 0:
+            return f"{seconds / _DURATION_UNITS[unit]:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
+def _duration(section: Section, key: str, default: float, *, low: float, high: float) -> float:
+    if not section.has(key) or section.raw(key) is None:
+        return default
+    try:
+        seconds = parse_duration(section.raw(key))
+    except ValueError as exc:
+        section.error(key, str(exc))
+        return default
+    if not low <= seconds <= high:
+        section.error(
+            key,
+            f"expected a duration from {_duration_text(low)} to {_duration_text(high)}, "
+            f"got {describe(section.raw(key))}",
+        )
+        return default
+    return seconds
+
+
+def websocket_url(http_url: str) -> str:
+    """``https://host/path`` -> ``wss://host/path`` (``http`` -> ``ws``); ``""`` for a non-URL."""
+    if "://" not in http_url:
+        return ""
+    scheme, rest = http_url.split("://", 1)
+    return f"{'wss' if scheme.lower() == 'https' else 'ws'}://{rest}"
+
+
+def ws_url_problem(text: str) -> str | None:
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("ws", "wss"):
+        return "expected a ws:// or wss:// URL"
     if not parts.hostname:
         return "the URL has no host"
     if parts.query or parts.fragment:
@@ -285,7 +349,8 @@ def _relay(top: Section) -> RelayConfig:
     )
 
 
-def _server_patterns(s: Section, key: str, default: list[str]) -> list[str]:
+def _server_patterns(s: Section, key: str, default: list[str]) -> tuple[list[str], int]:
+    """The valid patterns of a server-name list, and how many non-empty strings it had."""
     items = s.string_list(key, default, what="a list of server names (* as wildcard)")
     patterns = []
     for index, pattern in items:
@@ -297,21 +362,20 @@ def _server_patterns(s: Section, key: str, default: list[str]) -> list[str]:
                 f"{s.key_path(key)}[{index}]",
                 f"expected a server name, '*' allowed as wildcard, got {describe(pattern)}",
             )
-    return patterns
+    return patterns, len(items)
 
 
 def _policy(top: Section, server_name: str) -> PolicyConfig:
     s = top.section("policy", SCHEMA["policy"])
     default = [server_name] if server_name else []
-    patterns = _server_patterns(s, "allowed_servers", default)
-    items = patterns if s.ok("allowed_servers") else []
-    if s.has("allowed_servers") and s.ok("allowed_servers") and not s.raw("allowed_servers"):
+    patterns, items = _server_patterns(s, "allowed_servers", default)
+    if s.has("allowed_servers") and s.ok("allowed_servers") and not items:
         s.problems.warn("policy.allowed_servers", "empty: no user may use the service")
     bound = POWER_LEVEL_BOUND
     what = "an integer (a room power level, e.g. 0, 50, 100)"
     start = s.integer("start_power_level", 0, low=-bound, high=bound, what=what)
     stop = s.integer("stop_power_level", 50, low=-bound, high=bound, what=what)
-    open_calls = _server_patterns(s, "open_call_servers", default)
+    open_calls, _ = _server_patterns(s, "open_call_servers", default)
     s.warn_unknown()
     return PolicyConfig(
         allowed_servers=tuple(patterns),
@@ -336,6 +400,76 @@ def _metrics(top: Section) -> MetricsConfig:
     return MetricsConfig(enabled=enabled)
 
 
+def _focus(top: Section, base_dir: Path, appservice: AppserviceConfig) -> FocusConfig:
+    s = top.section("focus", SCHEMA["focus"])
+    enabled = s.boolean("enabled", True)
+    # The default was checked in its own section: never report it twice.
+    public_url = _url(s, "public_url") if s.raw("public_url") is not None else appservice.public_url
+    if s.raw("livekit_url") is not None:
+        livekit_url = s.string("livekit_url", what="a ws:// or wss:// URL")
+        if s.ok("livekit_url"):
+            problem = ws_url_problem(livekit_url)
+            if problem:
+                s.error("livekit_url", f"{problem}, got {describe(livekit_url)}")
+            livekit_url = livekit_url.rstrip("/")
+    else:
+        livekit_url = websocket_url(public_url)
+    api_key = s.string("api_key", "visio", what="an API key (the tokens' issuer)")
+    if s.ok("api_key") and not _API_KEY.fullmatch(api_key):
+        s.error("api_key", f"expected letters, digits and . _ ~ - only, got {describe(api_key)}")
+    given = [k for k in ("api_secret", "api_secret_file") if s.raw(k) is not None]
+    api_secret = ""
+    if given:
+        api_secret = s.secret("api_secret", base_dir)
+        if api_secret and len(api_secret) < MIN_FOCUS_SECRET_LENGTH:
+            s.error(
+                given[0],
+                f"too short: at least {MIN_FOCUS_SECRET_LENGTH} characters (an HS256 key), got {len(api_secret)}",
+            )
+            api_secret = ""
+    elif enabled:
+        s.error(
+            "api_secret",
+            "required while focus.enabled is true: set focus.api_secret or focus.api_secret_file "
+            "(generate-config writes a random one), or set focus.enabled: false",
+        )
+    lifetime = _duration(s, "token_lifetime", 3600.0, low=60.0, high=86400.0)
+    verify_tls = s.boolean("verify_federation_tls", True)
+    if not verify_tls:
+        s.problems.warn(
+            "focus.verify_federation_tls",
+            "false: OpenID tokens are checked with homeservers whose TLS certificates are not verified; "
+            "use this only with test homeservers",
+        )
+    urls: dict[str, str] = {}
+    raw_urls = s.raw("homeserver_urls")
+    if raw_urls is not None and not isinstance(raw_urls, dict):
+        s.error("homeserver_urls", f"expected a mapping of server name -> URL, got {describe(raw_urls)}")
+    elif isinstance(raw_urls, dict):
+        for name, url in raw_urls.items():
+            where = f"{s.key_path('homeserver_urls')}.{name}"
+            problem = server_name_problem(name) if isinstance(name, str) else "expected a server name"
+            if problem:
+                s.problems.error(where, f"{problem}, got {describe(name)}")
+                continue
+            problem = url_problem(url) if isinstance(url, str) else "expected an http(s) URL"
+            if problem:
+                s.problems.error(where, f"{problem}, got {describe(url)}")
+                continue
+            urls[name] = url.rstrip("/")
+    s.warn_unknown()
+    return FocusConfig(
+        enabled=enabled,
+        public_url=public_url,
+        livekit_url=livekit_url,
+        api_key=api_key,
+        api_secret=api_secret,
+        token_lifetime=lifetime,
+        verify_federation_tls=verify_tls,
+        homeserver_urls=urls,
+    )
+
+
 def validate(data: object, base_dir: Path) -> tuple[Config | None, Problems]:
     """Read everything; the config is None when there were errors (see ``problems.errors``)."""
     problems = Problems()
@@ -349,15 +483,17 @@ def validate(data: object, base_dir: Path) -> tuple[Config | None, Problems]:
         return None, problems
     top = Section(problems, "", data, SCHEMA)
     homeserver = _homeserver(top)
+    appservice = _appservice(top, base_dir)
     config = Config(
         homeserver=homeserver,
-        appservice=_appservice(top, base_dir),
+        appservice=appservice,
         database=_database(top, base_dir),
         crypto=_crypto(top, base_dir),
         relay=_relay(top),
         policy=_policy(top, homeserver.server_name),
         logging=_logging(top),
         metrics=_metrics(top),
+        focus=_focus(top, base_dir, appservice),
     )
     top.warn_unknown()
     return (None if problems.errors else config), problems

@@ -9,6 +9,8 @@ rooms keep trusting it.
 Room events reach the service through appservice transactions; this device's /sync loop exists for
 what stock homeservers only deliver there: to-device messages (room keys), device list changes and
 one-time-key counts, plus the room state nio needs to encrypt (members, encryption settings).
+Olm to-device messages of other types (call signaling) go through ``to_device``, a
+`SecureToDeviceChannel` installed before the first /sync.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from nio.store import SqliteStore
 from visio_matrix.appservice.events import RoomEvent
 from visio_matrix.appservice.homeserver import HomeserverClient, MatrixError
 from visio_matrix.crypto.cross_signing import ensure_cross_signed
+from visio_matrix.crypto.todevice import SecureToDeviceChannel
 from visio_matrix.metrics import Metrics
 from visio_matrix.tasks import TaskOwner
 
@@ -137,6 +140,7 @@ class BotDevice:
         self._metrics = metrics
         self._display_name = device_display_name
         self._client: AppserviceAsyncClient | None = None
+        self._to_device: SecureToDeviceChannel | None = None
         self._tasks = TaskOwner("bot-device")
         self._synced = asyncio.Condition()
         self._sync_count = 0
@@ -154,6 +158,13 @@ class BotDevice:
         if self._client is None:
             raise BotDeviceError("bot device not started")
         return self._client
+
+    @property
+    def to_device(self) -> SecureToDeviceChannel:
+        """Encrypted to-device messages of any type (see `SecureToDeviceChannel`)."""
+        if self._to_device is None:
+            raise BotDeviceError("bot device not started")
+        return self._to_device
 
     async def start(self) -> None:
         """Create or reuse the device, load its keys, sync once, upload keys, then sync forever."""
@@ -184,6 +195,9 @@ class BotDevice:
         )
         client.restore_login(self.user_id, device_id, self._as_token)
         self._client = client
+        # restore_login loaded the Olm machine; hook it before the first /sync delivers to-device events.
+        self._to_device = SecureToDeviceChannel(client)
+        self._to_device.install()
         await self._sync_once(full_state=True, timeout_ms=0)
         await self._maintain_keys()
         try:
@@ -206,6 +220,9 @@ class BotDevice:
 
     async def stop(self) -> None:
         await self._tasks.close()
+        if self._to_device is not None:
+            await self._to_device.close()
+            self._to_device = None
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -229,7 +246,8 @@ class BotDevice:
         if client.should_query_keys:
             await client.keys_query()
         if client.should_claim_keys:
-            await client.keys_claim(client.get_users_for_key_claiming())
+            async with self.to_device.keys_lock:  # never two claims for one device at once
+                await client.keys_claim(client.get_users_for_key_claiming())
         await client.send_to_device_messages()
 
     async def _sync_forever(self) -> None:
@@ -317,6 +335,12 @@ class BotDevice:
         if isinstance(resp, RoomSendError):
             raise BotDeviceError(f"could not send to {room_id}: {resp.status_code} {resp.message}")
         return str(resp.event_id)
+
+    async def send_to_device(
+        self, user_id: str, device_id: str, event_type: str, content: dict[str, Any]
+    ) -> None:
+        """Olm-encrypted to-device message to one device (`ToDeviceError` if it cannot be reached)."""
+        await self.to_device.send(user_id, device_id, event_type, content)
 
     # ---- decryption ---------------------------------------------------------------------------
 

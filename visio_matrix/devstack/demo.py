@@ -96,11 +96,14 @@ async def demo_stack(state: Path) -> AsyncIterator[DemoStack]:
         server_name=server_name,
         port=ports["service"],
     )
+    service_url = f"http://127.0.0.1:{ports['service']}"
     hs = LocalSynapse(
         state / "synapse",
         server_name=server_name,
         client_port=ports["synapse"],
         appservice_registration_files=[registration],
+        # Element Call finds the service's MatrixRTC focus through the homeserver (MSC4143).
+        rtc_focus_url=service_url,
     )
     await hs.start()
     service_log = state / "visio" / "service.log"
@@ -113,7 +116,6 @@ async def demo_stack(state: Path) -> AsyncIterator[DemoStack]:
                 stderr=subprocess.STDOUT,
                 cwd=state,
             )
-        service_url = f"http://127.0.0.1:{ports['service']}"
         await _wait_http(service_url + "/health/ready", 60, proc, service_log)
         yield DemoStack(hs, proc, service_url, config_path, f"@visio:{server_name}", state)
     finally:
@@ -164,8 +166,29 @@ def bot_says(bot: str, prefix: str) -> Callable[[MessageView], bool]:
     return lambda m: m.sender == bot and (m.body or "").startswith(prefix)
 
 
+async def check_focus_discovery(stack: DemoStack, user: MatrixUser) -> bool:
+    """The homeserver advertises the service as the MatrixRTC LiveKit focus (MSC4143)."""
+    url = f"{stack.hs.base_url}/_matrix/client/unstable/org.matrix.msc4143/rtc/transports"
+    headers = {"Authorization": f"Bearer {user.access_token}"}
+    try:
+        async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
+            body = await resp.json() if resp.status == 200 else {}
+    except aiohttp.ClientError as exc:
+        print(f"[check] FAILED: MatrixRTC transport discovery: {exc}")
+        return False
+    transports = body.get("rtc_transports", []) if isinstance(body, dict) else []
+    wanted = {"type": "livekit", "livekit_service_url": stack.service_url}
+    if wanted not in transports:
+        print(f"[check] FAILED: the homeserver does not advertise {wanted} (got HTTP {resp.status}: {body})")
+        return False
+    print(f"[check] MatrixRTC focus advertised: {stack.service_url}")
+    return True
+
+
 async def run_check(stack: DemoStack, users: dict[str, MatrixUser], room_id: str) -> bool:
     alice = users["alice"]
+    if not await check_focus_discovery(stack, alice):
+        return False
     timings: list[str] = []
     steps = [
         ("!visio start", "📞 Call started"),
@@ -235,6 +258,7 @@ visio-matrix demo is running.
 
   Homeserver (Synapse):  {stack.hs.base_url}   (server name {stack.hs.server_name})
   visio-matrix service:  {stack.service_url}   (health: /health/ready, metrics: /metrics)
+  MatrixRTC focus:       {stack.service_url}   (advertised by the homeserver to Element Call)
   Bot:                   {stack.bot_user_id}
   Demo users:            {", ".join(f"@{u}:{stack.hs.server_name}" for u, _ in DEMO_USERS)}
   Password (both):       {password}

@@ -93,6 +93,17 @@ def rate_limit_config() -> dict[str, Any]:
     }
 
 
+def matrix_rtc_config(livekit_service_url: str) -> dict[str, Any]:
+    """Synapse 1.163 options that make Element Call use our focus: MSC4143 transport discovery
+    (``GET /_matrix/client/unstable/org.matrix.msc4143/rtc/transports``), delayed events (the
+    call-member leave event) and MSC4222 ``state_after`` in sync."""
+    return {
+        "experimental_features": {"msc4143_enabled": True, "msc4222_enabled": True},
+        "max_event_delay_duration": "24h",
+        "matrix_rtc": {"transports": [{"type": "livekit", "livekit_service_url": livekit_service_url}]},
+    }
+
+
 def log_config(log_path: Path) -> dict[str, Any]:
     """A Python logging dictConfig for Synapse: INFO and above to one file."""
     return {
@@ -175,13 +186,16 @@ class LocalSynapse:
         federation_port: int | None = None,
         appservice_registration_files: Sequence[Path] = (),
         extra_config: Mapping[str, object] | None = None,
+        rtc_focus_url: str | None = None,
     ) -> None:
+        """``rtc_focus_url``: advertise that MatrixRTC focus (``livekit_service_url``) to clients."""
         self.workdir = Path(workdir).resolve()
         self.client_port = client_port if client_port is not None else free_port()
         self.federation_port = federation_port
         self.server_name = server_name or f"localhost:{federation_port or self.client_port}"
         self.appservice_registration_files = [Path(p).resolve() for p in appservice_registration_files]
         self.extra_config: Mapping[str, object] = extra_config or {}
+        self.rtc_focus_url = rtc_focus_url
         self._process: subprocess.Popen[bytes] | None = None
         self._stdout_file: Any = None
 
@@ -249,6 +263,8 @@ class LocalSynapse:
         """The homeserver.yaml content (before `write_config` writes it)."""
         keys = self._secrets()
         federating = self.federation_port is not None
+        # `openid` on the client listener: a focus can check OpenID tokens
+        # (/_matrix/federation/v1/openid/userinfo) there without a federation listener.
         client_resources = ["client", "openid"] if federating else ["client", "federation", "openid"]
         listeners: list[dict[str, Any]] = [
             {
@@ -304,6 +320,8 @@ class LocalSynapse:
             config["tls_certificate_path"] = str(self.tls_cert_path)
             config["tls_private_key_path"] = str(self.tls_key_path)
             config["federation_verify_certificates"] = False
+        if self.rtc_focus_url is not None:
+            config = deep_merge(config, matrix_rtc_config(self.rtc_focus_url))
         return deep_merge(config, self.extra_config)
 
     def write_config(self) -> Path:

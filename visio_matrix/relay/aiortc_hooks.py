@@ -16,6 +16,12 @@ instead. The hooks below are the only code that touches private attributes; each
   aioice's awaited layers) and keep the sender-report counters right.
 - ``restrict_ice``: aioice gathers host candidates on every interface but 127.0.0.1 and binds
   random ports; this makes one peer connection gather only on given addresses (and ports).
+- ``route_rtp_by_mid``: aiortc's RTP router ignores the ``mid`` header extension; browsers' simulcast
+  sections announce no SSRC, so a second video publication with the same payload type would be
+  dropped. The hook routes an unknown SSRC by its ``mid`` first (and remembers it).
+- ``add_header_extensions`` / ``pin_codecs`` / ``offer_direction`` / ``sender_started``: what the
+  relay needs to accept simulcast RID extensions and to send on m-lines a participant offered
+  (participants that always offer, LiveKit v1 clients).
 """
 
 from __future__ import annotations
@@ -32,8 +38,15 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
+from aiortc.rtcpeerconnection import filter_preferred_codecs
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpSendParameters,
+)
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
@@ -81,6 +94,9 @@ def tap_receiver(receiver: RTCRtpReceiver, on_packet: OnPacket) -> None:
     # aiortc's own NACK generator for the stream (None for audio, as in aiortc).
     nacks: NackGenerator | None = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
     send_remb: Callable[[tuple[int, list[int]]], Awaitable[None]] = _remb_sender(receiver)
+    # Simulcast sections announce no SSRC, so no RTX pairing either: learn it from the RID extensions
+    # (RTX packets carry the repaired RID of their media stream).
+    rid_ssrc: dict[str, int] = {}
 
     async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
         if not receiver._enabled:
@@ -101,8 +117,15 @@ def tap_receiver(receiver: RTCRtpReceiver, on_packet: OnPacket) -> None:
         if stats is None:
             stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
+        rid = packet.extensions.rtp_stream_id
+        if rid is not None and not is_rtx(codec):
+            rid_ssrc[rid] = packet.ssrc
         if is_rtx(codec):
             original_ssrc = rtx_ssrc.get(packet.ssrc)
+            if original_ssrc is None:
+                original_ssrc = _pair_rtx(packet, rid_ssrc)
+                if original_ssrc is not None:
+                    rtx_ssrc[packet.ssrc] = original_ssrc
             apt = codec.parameters.get("apt")
             if original_ssrc is None or len(packet.payload) < 2 or not isinstance(apt, int):
                 return  # unknown RTX stream, or padding-only probe
@@ -116,6 +139,15 @@ def tap_receiver(receiver: RTCRtpReceiver, on_packet: OnPacket) -> None:
             on_packet(packet, codec)
 
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+
+
+def _pair_rtx(packet: RtpPacket, rid_ssrc: dict[str, int]) -> int | None:
+    repaired = packet.extensions.repaired_rtp_stream_id
+    if repaired is not None:
+        return rid_ssrc.get(repaired)
+    if len(set(rid_ssrc.values())) == 1:  # one layer accepted: its only media stream
+        return next(iter(rid_ssrc.values()))
+    return None
 
 
 def _remb_sender(receiver: RTCRtpReceiver) -> Callable[[tuple[int, list[int]]], Awaitable[None]]:
@@ -142,6 +174,63 @@ def has_codec_preferences(transceiver: RTCRtpTransceiver) -> bool:
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
     """The codecs aiortc negotiated for this m-line (first = preferred)."""
     return list(transceiver._codecs)
+
+
+def pin_codecs(transceiver: RTCRtpTransceiver, preferences: list[RTCRtpCodecCapability]) -> bool:
+    """Restrict an already negotiated m-line (remote offer applied) to ``preferences``, for the answer
+    and every later negotiation. False, and nothing changed, when none of them was offered there."""
+    pinned = filter_preferred_codecs(list(transceiver._codecs), preferences)
+    if not pinned or all(is_rtx(c) for c in pinned):
+        return False
+    transceiver.setCodecPreferences(preferences)
+    transceiver._codecs = pinned
+    return True
+
+
+def offer_direction(transceiver: RTCRtpTransceiver) -> str | None:
+    """The direction the remote offer allows this side (``sendonly`` when the peer only receives)."""
+    direction: str | None = transceiver._offerDirection
+    return direction
+
+
+def add_header_extensions(transceiver: RTCRtpTransceiver, extensions: list[tuple[int, str]]) -> None:
+    """Negotiate extra header extensions (ids as offered) on an m-line whose remote offer is applied:
+    aiortc then writes them in its answer and parses them on received packets."""
+    present = {e.uri for e in transceiver._headerExtensions}
+    for ext_id, uri in extensions:
+        if uri not in present:
+            transceiver._headerExtensions.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
+def sender_started(sender: RTCRtpSender) -> bool:
+    """Whether aiortc started this sender (its RTP state cannot be handed to another track)."""
+    started: bool = sender._RTCRtpSender__started  # type: ignore[attr-defined]
+    return started
+
+
+def route_rtp_by_mid(pc: RTCPeerConnection) -> None:
+    """Route RTP with an unknown SSRC by its ``mid`` header extension first (idempotent)."""
+    transports = {t.receiver.transport for t in pc.getTransceivers()}
+    for transport in transports:
+        _route_by_mid(transport)
+
+
+def _route_by_mid(transport: RTCDtlsTransport) -> None:
+    router = transport._rtp_router
+    if getattr(router, "_visio_by_mid", False):
+        return
+    original = router.route_rtp
+
+    def route_rtp(packet: RtpPacket) -> Any:
+        if packet.ssrc not in router.ssrc_table and packet.extensions.mid is not None:
+            receiver = router.mid_table.get(packet.extensions.mid)
+            if receiver is not None:
+                router.ssrc_table[packet.ssrc] = receiver
+                return receiver
+        return original(packet)
+
+    router.route_rtp = route_rtp  # type: ignore[method-assign]
+    router._visio_by_mid = True  # type: ignore[attr-defined]
 
 
 # ---- sending --------------------------------------------------------------------------------------

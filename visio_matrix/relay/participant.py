@@ -6,7 +6,9 @@ Negotiation state (one peer connection, relay and participant both offer)::
     stable --participant offer (apply_offer)--> answer returned  --------------> stable
 
 Down tracks (m-lines the relay sends) are only created right before the relay makes an offer, so
-a participant's offer never lands on a relay-created m-line.
+a participant's offer never lands on a relay-created m-line. A participant that always offers
+(``answer_only``, LiveKit v1 clients) never gets relay offers: its down tracks go on m-lines it
+offered to receive on (``offered_sections``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiortc import sdp as aiortc_sdp
 from . import aiortc_hooks as hooks
 from .api import ParticipantMode, ParticipantStats
 from .forwarding import Counters, DownTrack, SubscriberWriter, UpTrack
+from .sdp_sections import RejectedSection
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ class Participant:
         self.downs: dict[UpTrack, DownTrack] = {}
         self.down_transceivers: dict[RTCRtpTransceiver, DownTrack | None] = {}
         self.mix_transceivers: set[RTCRtpTransceiver] = set()
+        self.rejected: dict[str, RejectedSection] = {}  # mid -> a section the relay answers with port 0
+        self.answer_only = False
+        self.unplaceable: set[UpTrack] = set()  # answer_only: no offered m-line has the codec
+        self.reoffer_pending = False  # answer_only: a re-offer was asked for and has not come yet
+        self.reoffer_key: frozenset[tuple[str, str]] | None = None  # what the last request was for
         self.stream_purposes: dict[str, str] = {}
         self.negotiated_once = False
         self.needs_offer = False

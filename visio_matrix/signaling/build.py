@@ -103,7 +103,9 @@ def build_answer(
     return _add_metadata(content, stream_metadata, unstable_key)
 
 
-def build_candidates(call_id: str, party_id: str, candidates: tuple[CandidateEntry, ...] | list[CandidateEntry]) -> Content:
+def build_candidates(
+    call_id: str, party_id: str, candidates: tuple[CandidateEntry, ...] | list[CandidateEntry]
+) -> Content:
     content = _common(call_id, party_id)
     content["candidates"] = [candidate_entry(entry) for entry in candidates]
     return content
@@ -167,7 +169,11 @@ def message_content(message: CallMessage, *, unstable_key: bool = True) -> tuple
             )
         case CallAnswer():
             content = build_answer(
-                call_id, party_id, message.answer_sdp, stream_metadata=message.stream_metadata, unstable_key=unstable_key
+                call_id,
+                party_id,
+                message.answer_sdp,
+                stream_metadata=message.stream_metadata,
+                unstable_key=unstable_key,
             )
         case CallCandidates():
             content = build_candidates(call_id, party_id, message.candidates)

@@ -175,7 +175,9 @@ def parse_stream_metadata(value: object, path: str, limits: Limits = DEFAULT_LIM
         entry_path = f"{path}.{stream_id[:64]}"
         string_field(stream_id, f"{path} (stream id)", limits.max_id_chars)
         entry = object_field(raw, entry_path)
-        purpose = string_field(require_field(entry, "purpose", f"{entry_path}.purpose"), f"{entry_path}.purpose", 64)
+        purpose = string_field(
+            require_field(entry, "purpose", f"{entry_path}.purpose"), f"{entry_path}.purpose", 64
+        )
         audio_muted = _bool(entry.get("audio_muted", False), f"{entry_path}.audio_muted")
         video_muted = _bool(entry.get("video_muted", False), f"{entry_path}.video_muted")
         user_id = entry.get("user_id")
@@ -252,15 +254,22 @@ def _invite(content: Mapping[str, Any], common: _Common, limits: Limits) -> Call
 
 def _answer(content: Mapping[str, Any], common: _Common, limits: Limits) -> CallAnswer:
     answer = _description(content, "answer", limits)
-    return CallAnswer(*common, answer_sdp=answer["sdp"], stream_metadata=_optional_stream_metadata(content, limits))
+    return CallAnswer(
+        *common, answer_sdp=answer["sdp"], stream_metadata=_optional_stream_metadata(content, limits)
+    )
 
 
 def _candidates(content: Mapping[str, Any], common: _Common, limits: Limits) -> CallCandidates:
-    return CallCandidates(*common, candidates=parse_candidates(require_field(content, "candidates", "candidates"), "candidates", limits))
+    return CallCandidates(
+        *common,
+        candidates=parse_candidates(require_field(content, "candidates", "candidates"), "candidates", limits),
+    )
 
 
 def _select_answer(content: Mapping[str, Any], common: _Common, limits: Limits) -> CallSelectAnswer:
-    selected = voip_id(require_field(content, "selected_party_id", "selected_party_id"), "selected_party_id", limits)
+    selected = voip_id(
+        require_field(content, "selected_party_id", "selected_party_id"), "selected_party_id", limits
+    )
     return CallSelectAnswer(*common, selected_party_id=selected)
 
 
@@ -292,10 +301,14 @@ def _hangup(content: Mapping[str, Any], common: _Common, limits: Limits) -> Call
     return CallHangup(*common, reason=string_field(reason, "reason", limits.max_reason_chars))
 
 
-def _metadata_changed(content: Mapping[str, Any], common: _Common, limits: Limits) -> CallStreamMetadataChanged:
+def _metadata_changed(
+    content: Mapping[str, Any], common: _Common, limits: Limits
+) -> CallStreamMetadataChanged:
     for key in (STREAM_METADATA_KEY, STREAM_METADATA_UNSTABLE_KEY):
         if key in content:
-            return CallStreamMetadataChanged(*common, stream_metadata=parse_stream_metadata(content[key], key, limits))
+            return CallStreamMetadataChanged(
+                *common, stream_metadata=parse_stream_metadata(content[key], key, limits)
+            )
     raise SignalingError(ERR_MISSING, f"{STREAM_METADATA_KEY}: missing")
 
 
