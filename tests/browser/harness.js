@@ -5,7 +5,8 @@
 //  - `loopback*`: a bare RTCPeerConnection publishing the fake camera + microphone, signaled by the
 //    test (no trickle: each description is returned once ICE gathering is complete). Proves the
 //    browser, the fake devices and the stats plumbing work, independently of any server.
-//  - `lk*`: the unmodified livekit-client (UMD global `LivekitClient`): connect with a url + token,
+//  - `lk*`: the unmodified livekit-client (UMD global `LivekitClient`): get a token from the token
+//    service (`lkJoin`, like Element Call) or take one (`lkConnect`), connect with it,
 //    publish camera + microphone, optionally with end-to-end encryption (shared key), and report what
 //    arrived from the other participants (frames decoded, audio received, encryption errors).
 "use strict";
@@ -114,8 +115,17 @@
     room.on(E.Disconnected, (reason) => note("lk-disconnected", { reason: reason === undefined ? null : reason }));
     room.on(E.ParticipantConnected, (p) => note("lk-participant", { identity: p.identity }));
     room.on(E.TrackSubscribed, (track, pub, p) => {
-      lk.remote.set(pub.trackSid, { identity: p.identity, kind: track.kind, track });
-      track.attach(attach(track));
+      const entry = { identity: p.identity, kind: track.kind, track, firstFrameAt: null };
+      lk.remote.set(pub.trackSid, entry);
+      const el = attach(track);
+      track.attach(el);
+      if (track.kind === "video" && el.requestVideoFrameCallback) {
+        // When the first decoded frame reaches the page (join-time measurement).
+        el.requestVideoFrameCallback(() => {
+          entry.firstFrameAt = Date.now();
+          note("lk-first-frame", { identity: p.identity, trackSid: pub.trackSid });
+        });
+      }
       note("lk-subscribed", { identity: p.identity, kind: track.kind, trackSid: pub.trackSid });
     });
     room.on(E.TrackUnsubscribed, (track, pub, p) => {
@@ -173,6 +183,29 @@
     };
   }
 
+  // Asks the token service for a LiveKit token the way Element Call does (cross-origin POST), then
+  // connects with it. options: {tokenUrl, body, e2eeKey?, publish?}. Times are Date.now() values.
+  async function lkJoin(options) {
+    const requestedAt = Date.now();
+    let token;
+    try {
+      const resp = await fetch(options.tokenUrl, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(options.body),
+      });
+      const body = await resp.json();
+      if (!resp.ok) return { ok: false, stage: "token", status: resp.status, error: body, requestedAt };
+      token = body;
+    } catch (e) {
+      return { ok: false, stage: "token", status: null, error: errorInfo(e), requestedAt };
+    }
+    const tokenAt = Date.now();
+    const result = await lkConnect({ ...options, url: token.url, token: token.jwt });
+    return { ...result, stage: result.ok ? "joined" : "connect", url: token.url, requestedAt, tokenAt,
+             joinedAt: Date.now() };
+  }
+
   // Per remote identity: inbound video/audio counters from each subscribed track's receiver stats.
   async function lkStats() {
     if (!lk) return null;
@@ -182,8 +215,12 @@
         video: { framesDecoded: 0, bytesReceived: 0, packetsReceived: 0, streams: 0 },
         audio: { framesDecoded: 0, bytesReceived: 0, packetsReceived: 0, streams: 0 },
         trackSids: [],
+        firstFrameAt: null,
       });
       entry.trackSids.push(sid);
+      if (r.firstFrameAt !== null) {
+        entry.firstFrameAt = Math.min(entry.firstFrameAt || r.firstFrameAt, r.firstFrameAt);
+      }
       const report = await r.track.getRTCStatsReport();
       const got = inbound(report, r.kind);
       for (const key of Object.keys(got)) entry[r.kind][key] += got[key];
@@ -217,6 +254,7 @@
     loopbackAccept,
     loopbackStats,
     lkConnect,
+    lkJoin,
     lkStats,
     lkDisconnect,
   };

@@ -277,7 +277,9 @@ class LegacyClient:
     def _add(self, room_id: str, event: Any, encrypted: bool = False) -> None:
         source: dict[str, Any] = getattr(event, "source", None) or {}
         if source.get("type") == "m.room.member" and isinstance(source.get("state_key"), str):
-            self.members[(room_id, source["state_key"])] = str((source.get("content") or {}).get("membership"))
+            self.members[(room_id, source["state_key"])] = str(
+                (source.get("content") or {}).get("membership")
+            )
         if isinstance(event, MegolmEvent):
             self._undecrypted.setdefault(room_id, []).append(event)
             return
@@ -311,7 +313,11 @@ class LegacyClient:
         return result
 
     async def wait_event(
-        self, room_id: str, predicate: Callable[[SeenEvent], bool], timeout: float = 30, what: str = "an event"
+        self,
+        room_id: str,
+        predicate: Callable[[SeenEvent], bool],
+        timeout: float = 30,
+        what: str = "an event",
     ) -> SeenEvent:
         def find() -> SeenEvent | None:
             return next((e for e in self.events.get(room_id, []) if predicate(e)), None)
@@ -379,9 +385,13 @@ class LegacyCall:
         candidates = candidates_of(self.pc.localDescription.sdp)
         await self.client.send(self.room_id, "m.call.candidates", {**self._base(), "candidates": candidates})
         # The spec's end-of-candidates: an entry whose candidate is the empty string.
-        await self.client.send(self.room_id, "m.call.candidates", {**self._base(), "candidates": [{"candidate": ""}]})
+        await self.client.send(
+            self.room_id, "m.call.candidates", {**self._base(), "candidates": [{"candidate": ""}]}
+        )
 
-    async def place(self, invitee: str | None = None, lifetime_ms: int = 60_000, timeout: float = 30) -> SeenEvent:
+    async def place(
+        self, invitee: str | None = None, lifetime_ms: int = 60_000, timeout: float = 30
+    ) -> SeenEvent:
         """Invite, trickle candidates, wait for an answer, apply it, select it. Returns the answer."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
         invite: dict[str, Any] = {

@@ -64,13 +64,19 @@ async def test_bad_participants_get_clear_errors_and_leave_no_trace() -> None:
                 InvalidSdpError,
                 "DTLS fingerprint is missing",
             ),
+            # Only an offer with nothing usable is refused (one bad section is rejected alone:
+            # test_section_reject.py).
             (
-                good_offer.replace("opus/48000/2", "G729/8000"),
+                good_offer.replace("opus/48000/2", "G729/8000")
+                .replace("VP8/90000", "VP9/90000")
+                .replace("H264/90000", "AV1/90000"),
                 UnsupportedCodecError,
                 "(mid '0', audio): no forwardable codec offered",
             ),
             (
-                good_offer.replace("VP8/90000", "VP9/90000").replace("H264/90000", "AV1/90000"),
+                good_offer.replace("opus/48000/2", "G729/8000")
+                .replace("VP8/90000", "VP9/90000")
+                .replace("H264/90000", "AV1/90000"),
                 UnsupportedCodecError,
                 "(mid '1', video)",
             ),

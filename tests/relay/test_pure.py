@@ -170,7 +170,7 @@ def _offer(audio_codecs: str = "111", video_codecs: str = "96 97", fingerprint: 
 
 
 def check(sdp: str, sdp_type: str = "offer") -> str:
-    return check_remote_sdp(sdp, sdp_type, max_bytes=4096, max_sections=4)
+    return check_remote_sdp(sdp, sdp_type, max_bytes=4096, max_sections=4).sdp
 
 
 def test_offer_is_filtered_to_forwardable_codecs() -> None:
@@ -202,11 +202,15 @@ def test_good_offer_passes_unchanged() -> None:
         (_offer().replace("a=rtcp-mux\r\n", ""), InvalidSdpError, "rtcp-mux is required"),
         (_offer().replace("sha-256", "md5"), InvalidSdpError, "unknown DTLS fingerprint algorithm 'md5'"),
         (
-            _offer(audio_codecs="0 18"),
+            _offer(audio_codecs="0 18", video_codecs="98 99"),
             UnsupportedCodecError,
             "no forwardable codec offered (audio/G729, audio/PCMU)",
         ),
-        (_offer(video_codecs="98 99"), UnsupportedCodecError, "media section 1 (mid '1', video)"),
+        (
+            _offer(audio_codecs="0 18", video_codecs="98 99"),
+            UnsupportedCodecError,
+            "media section 1 (mid '1', video): no forwardable codec offered (video/VP9, video/rtx)",
+        ),
         ("v=0\r\nm=audio x\r\n", InvalidSdpError, "could not be parsed"),
     ],
 )

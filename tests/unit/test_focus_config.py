@@ -47,10 +47,15 @@ def test_defaults(tmp_path: Path) -> None:
 
 def test_https_public_url_gives_wss(tmp_path: Path) -> None:
     config, _ = parse_config(
-        config_data(appservice={"as_token": "a" * 32, "hs_token": "h" * 32, "public_url": "https://v.example.org/"}),
+        config_data(
+            appservice={"as_token": "a" * 32, "hs_token": "h" * 32, "public_url": "https://v.example.org/"}
+        ),
         tmp_path,
     )
-    assert (config.focus.public_url, config.focus.livekit_url) == ("https://v.example.org", "wss://v.example.org")
+    assert (config.focus.public_url, config.focus.livekit_url) == (
+        "https://v.example.org",
+        "wss://v.example.org",
+    )
     config, _ = parse_config(
         config_data({"api_secret": SECRET, "public_url": "https://calls.example.org/visio"}), tmp_path
     )
@@ -66,7 +71,10 @@ def test_explicit_values(tmp_path: Path) -> None:
         "api_secret": SECRET,
         "token_lifetime": "15m",
         "verify_federation_tls": True,
-        "homeserver_urls": {"partner.example.net": "https://hs.partner.example.net:8448/", "[::1]:8448": "http://[::1]:8008"},
+        "homeserver_urls": {
+            "partner.example.net": "https://hs.partner.example.net:8448/",
+            "[::1]:8448": "http://[::1]:8008",
+        },
     }
     config, warnings = parse_config(config_data(focus), tmp_path)
     assert warnings == []
@@ -109,29 +117,59 @@ def test_secret_from_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("focus", "expected"),
     [
-        ({"api_secret": "x" * 20}, "focus.api_secret: too short: at least 32 characters (an HS256 key), got 20"),
+        (
+            {"api_secret": "x" * 20},
+            "focus.api_secret: too short: at least 32 characters (an HS256 key), got 20",
+        ),
         ({"api_secret": "x" * 10}, "focus.api_secret: too short: at least 16 characters, got 10"),
-        ({"api_secret": 12345}, "focus.api_secret: expected a string, got a number (put the secret in quotes)"),
+        (
+            {"api_secret": 12345},
+            "focus.api_secret: expected a string, got a number (put the secret in quotes)",
+        ),
         (
             {"api_secret": SECRET, "api_secret_file": "k"},
             "focus.api_secret: set either focus.api_secret or focus.api_secret_file, not both",
         ),
         ({"api_secret_file": "absent.key"}, "focus.api_secret_file: cannot read"),
         ({"api_secret": SECRET, "enabled": "yes"}, "focus.enabled: expected true or false, got 'yes'"),
-        ({"api_secret": SECRET, "public_url": "visio.example.org"}, "focus.public_url: expected an http:// or https:// URL"),
+        (
+            {"api_secret": SECRET, "public_url": "visio.example.org"},
+            "focus.public_url: expected an http:// or https:// URL",
+        ),
         (
             {"api_secret": SECRET, "livekit_url": "https://sfu.example.org"},
             "focus.livekit_url: expected a ws:// or wss:// URL, got 'https://sfu.example.org'",
         ),
         ({"api_secret": SECRET, "livekit_url": "wss://"}, "focus.livekit_url: the URL has no host"),
-        ({"api_secret": SECRET, "livekit_url": "wss://x.org/?a=1"}, "focus.livekit_url: the URL must not have a query"),
-        ({"api_secret": SECRET, "api_key": "my key"}, "focus.api_key: expected letters, digits and . _ ~ - only"),
-        ({"api_secret": SECRET, "token_lifetime": "soon"}, "focus.token_lifetime: expected a duration such as 30s"),
-        ({"api_secret": SECRET, "token_lifetime": "10s"}, "focus.token_lifetime: expected a duration from 1m to 1d, got '10s'"),
-        ({"api_secret": SECRET, "token_lifetime": "2d"}, "focus.token_lifetime: expected a duration from 1m to 1d"),
+        (
+            {"api_secret": SECRET, "livekit_url": "wss://x.org/?a=1"},
+            "focus.livekit_url: the URL must not have a query",
+        ),
+        (
+            {"api_secret": SECRET, "api_key": "my key"},
+            "focus.api_key: expected letters, digits and . _ ~ - only",
+        ),
+        (
+            {"api_secret": SECRET, "token_lifetime": "soon"},
+            "focus.token_lifetime: expected a duration such as 30s",
+        ),
+        (
+            {"api_secret": SECRET, "token_lifetime": "10s"},
+            "focus.token_lifetime: expected a duration from 1m to 1d, got '10s'",
+        ),
+        (
+            {"api_secret": SECRET, "token_lifetime": "2d"},
+            "focus.token_lifetime: expected a duration from 1m to 1d",
+        ),
         ({"api_secret": SECRET, "token_lifetime": True}, "focus.token_lifetime: expected a duration"),
-        ({"api_secret": SECRET, "verify_federation_tls": "no"}, "focus.verify_federation_tls: expected true or false"),
-        ({"api_secret": SECRET, "homeserver_urls": ["x"]}, "focus.homeserver_urls: expected a mapping of server name -> URL"),
+        (
+            {"api_secret": SECRET, "verify_federation_tls": "no"},
+            "focus.verify_federation_tls: expected true or false",
+        ),
+        (
+            {"api_secret": SECRET, "homeserver_urls": ["x"]},
+            "focus.homeserver_urls: expected a mapping of server name -> URL",
+        ),
         (
             {"api_secret": SECRET, "homeserver_urls": {"bad name": "https://x.org"}},
             "focus.homeserver_urls.bad name: expected a host name",
@@ -161,7 +199,9 @@ def test_secrets_never_appear_in_messages_or_repr(tmp_path: Path) -> None:
 
 
 def test_insecure_tls_is_a_warning(tmp_path: Path) -> None:
-    _config, warnings = parse_config(config_data({"api_secret": SECRET, "verify_federation_tls": False}), tmp_path)
+    _config, warnings = parse_config(
+        config_data({"api_secret": SECRET, "verify_federation_tls": False}), tmp_path
+    )
     assert len(warnings) == 1 and warnings[0].startswith("focus.verify_federation_tls: false:")
 
 
@@ -171,7 +211,10 @@ def test_unknown_focus_key_is_a_warning(tmp_path: Path) -> None:
 
 
 def test_open_call_servers(tmp_path: Path) -> None:
-    policy = {"allowed_servers": ["example.org", "*.gouv.fr"], "open_call_servers": ["example.org", "agent.*.gouv.fr"]}
+    policy = {
+        "allowed_servers": ["example.org", "*.gouv.fr"],
+        "open_call_servers": ["example.org", "agent.*.gouv.fr"],
+    }
     config, _ = parse_config(config_data(policy=policy), tmp_path)
     p = config.policy
     assert p.open_call_servers == ("example.org", "agent.*.gouv.fr")
@@ -193,11 +236,15 @@ def test_bad_open_call_server_pattern(tmp_path: Path) -> None:
 
 
 def test_errors_carry_lines_through_the_yaml(tmp_path: Path) -> None:
-    text = generate_config_text(server_name="example.org") + "  homeserver_urls:\n    bad name: https://x.org\n"
+    text = (
+        generate_config_text(server_name="example.org") + "  homeserver_urls:\n    bad name: https://x.org\n"
+    )
     with pytest.raises(ConfigError) as info:
         parse_config_text(text, tmp_path)
     line = len(text.splitlines())
-    assert info.value.errors == [f"focus.homeserver_urls.bad name: expected a host name, IPv4 address or [IPv6] address, optionally with :port, got 'bad name' (line {line})"]
+    assert info.value.errors == [
+        f"focus.homeserver_urls.bad name: expected a host name, IPv4 address or [IPv6] address, optionally with :port, got 'bad name' (line {line})"
+    ]
 
 
 def test_generated_config_has_a_fresh_focus_secret(tmp_path: Path) -> None:
@@ -211,7 +258,16 @@ def test_generated_config_has_a_fresh_focus_secret(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [(90, 90.0), ("90s", 90.0), ("15m", 900.0), ("1h", 3600.0), ("1h30m", 5400.0), ("500ms", 0.5), ("1d", 86400.0), ("1.5h", 5400.0)],
+    [
+        (90, 90.0),
+        ("90s", 90.0),
+        ("15m", 900.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("500ms", 0.5),
+        ("1d", 86400.0),
+        ("1.5h", 5400.0),
+    ],
 )
 def test_durations(value: object, seconds: float) -> None:
     assert parse_duration(value) == seconds

@@ -27,7 +27,9 @@ def unpadded_b64_sha256(raw: bytes) -> str:
 
 def test_room_name_test_vector_from_lk_jwt_service() -> None:
     # helper_test.go TestLiveKitRoomAliasFor_TestVector.
-    assert livekit_room_name("!roomid:example.com", "slot1234") == "O8437W3+jmzMVjoIP3tNwbm+XxHQk2iKpOA7aqw3qSc"
+    assert (
+        livekit_room_name("!roomid:example.com", "slot1234") == "O8437W3+jmzMVjoIP3tNwbm+XxHQk2iKpOA7aqw3qSc"
+    )
 
 
 def test_identity_test_vector_from_lk_jwt_service() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +42,7 @@ from visio_matrix.signaling import (
     parse_conference_message,
     refuse_invite,
 )
+from visio_matrix.signaling.messages import SPEC_HANGUP_REASONS
 
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 HOST = "candidate:1 1 udp 2122260223 192.0.2.1 50000 typ host"
@@ -598,3 +601,45 @@ def test_reinvite_answer_for_a_previous_bot_run_is_ignored() -> None:
     assert call.receive(stale, NOW) == [
         Ignore("dest_session_id names another session of the bot (stale message)")
     ]
+
+
+@pytest.mark.parametrize("code", list(VisioReason))
+def test_every_visio_reason_has_a_spec_reason_a_sentence_and_a_doc_row(code: VisioReason) -> None:
+    content = build_conference_hangup("c", "P", group(0), code)
+    assert content["reason"] in SPEC_HANGUP_REASONS
+    assert content["io.visio.reason"] == code.value and content["io.visio.message"].endswith(".")
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    assert f"| `{code.value}` | `{content['reason']}` |" in doc
+
+
+def doc_examples() -> list[dict[str, Any]]:
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in doc.split("```json\n")[1:]]
+    examples = []
+    for block in blocks:
+        try:
+            value = json.loads(block)
+        except json.JSONDecodeError:
+            continue  # a fragment (the discovery field), not a whole message
+        if isinstance(value, dict) and "call_id" in value:
+            examples.append(value)
+    return examples
+
+
+EXAMPLE_TYPES = {
+    "offer": "m.call.invite",
+    "answer": "m.call.answer",
+    "candidates": "m.call.candidates",
+    "description": "m.call.negotiate",
+    "reason": "m.call.hangup",
+}
+
+
+def test_doc_examples_are_valid_messages() -> None:
+    examples = doc_examples()
+    kinds = set()
+    for example in examples:
+        event_type = next(t for key, t in EXAMPLE_TYPES.items() if key in example)
+        kinds.add(event_type)
+        assert isinstance(parse_conference_message(event_type, example), ConferenceMessage), example
+    assert kinds == set(EXAMPLE_TYPES.values())

@@ -265,14 +265,14 @@ INVALID: list[tuple[str, str, object, str, str]] = [
         "m.call.hangup",
         content(version=[1]),
         "bad_version",
-        'version: expected "1" or 0, got [1]',
+        'version: expected "1" or 0, got an array',
     ),
     (
         "boolean version",
         "m.call.hangup",
         content(version=False),
         "bad_version",
-        'version: expected "1" or 0, got False',
+        'version: expected "1" or 0, got a boolean',
     ),
     (
         "version 1 without party_id",

@@ -48,6 +48,10 @@ class RoomsIO(Protocol):
 
     async def resolve_alias(self, alias: str) -> str | None: ...
 
+    def two_member_rooms(self, user_id: str) -> list[str]:
+        """Rooms the bot's device has synced whose only members are the bot and ``user_id``."""
+        ...
+
 
 class KeyValueStore(Protocol):
     async def get_state(self, key: str) -> str | None: ...
@@ -119,13 +123,19 @@ class DirectRooms:
         """The remembered DM, checked against the room's current members (forgotten when stale)."""
         key = STATE_PREFIX + user_id
         room_id = await self._store.get_state(key)
-        if room_id is None:
-            return None
-        room = await self.check(room_id, user_id)
-        if room is None:
+        if room_id is not None:
+            room = await self.check(room_id, user_id)
+            if room is not None:
+                return room
             log.info("%s is no longer the DM of %s: forgetting it", room_id, user_id)
             await self._store.delete_state(key)
-        return room
+        # A DM the user made with the bot (invited it) and never called from is found in the synced rooms.
+        for candidate in self._io.two_member_rooms(user_id):
+            room = await self.check(candidate, user_id)
+            if room is not None:
+                await self.remember(candidate, user_id)
+                return room
+        return None
 
     async def ensure(self, user_id: str) -> DirectRoom:
         """The user's DM with the bot, created (encrypted, ``is_direct`` invite) when there is none."""
@@ -167,6 +177,14 @@ class BotRooms:
             )
         self._device.note_encrypted(response.room_id)
         return str(response.room_id)
+
+    def two_member_rooms(self, user_id: str) -> list[str]:
+        client = self._device.client
+        return [
+            room_id
+            for room_id, room in client.rooms.items()
+            if user_id in room.users and set(room.users) <= {user_id, self.user_id}
+        ]
 
     async def resolve_alias(self, alias: str) -> str | None:
         response = await self._device.client.room_resolve_alias(alias)

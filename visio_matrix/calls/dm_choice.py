@@ -1,18 +1,24 @@
-"""Which conference a user's DM call with the bot joins (pure memory of recent choices).
+"""Which conference a user's DM call with the bot joins: memory of recent choices, and the pick.
 
 A DM has no conference of its own: when a user calls the bot there, the call joins, in order,
 1. the room the user chose with ``!visio join`` within the last ``choice_ttl`` (10 minutes),
 2. else the room whose conference the bot most recently rang the user for,
 3. else the only active conference among the rooms the user shares with the bot (checked by the
    caller, which can see the rooms).
-The caller also checks that the room of 1. or 2. still has an active conference. Choices live in
-memory only: after a restart rule 3 (or a new ``!visio join``) applies.
+``ConferenceChoices`` is the pure memory; ``pick_conference`` applies the rules, checking that the room
+of 1. or 2. still has an active conference. Choices live in memory only: after a restart rule 3 (or a
+new ``!visio join``) applies.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
+
+from visio_matrix.storage import ConferenceRecord
+
+log = logging.getLogger(__name__)
 
 CHOICE_TTL_S = 600.0
 
@@ -56,3 +62,33 @@ class ConferenceChoices:
         for memory in (self._chosen, self._rang):
             for user_id in [u for u, (r, _) in memory.items() if r == room_id]:
                 del memory[user_id]
+
+
+class ActiveConferences(Protocol):
+    async def get_active_conference(self, room_id: str) -> ConferenceRecord | None: ...
+
+    async def list_active_conferences(self) -> list[ConferenceRecord]: ...
+
+
+class Members(Protocol):
+    async def members(self, room_id: str) -> dict[str, str]: ...
+
+
+async def pick_conference(
+    choices: ConferenceChoices, store: ActiveConferences, rooms: Members, user_id: str, now: float
+) -> str | None:
+    """The room whose conference ``user_id``'s DM call joins, or None when the rules give none."""
+    for pick in choices.candidates(user_id, now):
+        if await store.get_active_conference(pick.room_id) is not None:
+            log.info("DM call of %s goes to %s (%s)", user_id, pick.room_id, pick.why)
+            return pick.room_id
+    shared = [
+        record.room_id
+        for record in await store.list_active_conferences()
+        if (await rooms.members(record.room_id)).get(user_id) == "join"
+    ]
+    if len(shared) == 1:
+        log.info("DM call of %s goes to %s (the only active conference shared)", user_id, shared[0])
+        return shared[0]
+    log.info("DM call of %s: %d active conferences shared, none chosen", user_id, len(shared))
+    return None

@@ -197,6 +197,7 @@ class ConferenceClient:
         self._bot_seq = -1
         self._metadata: dict[str, StreamIdentity] = {}
         self._answered: asyncio.Future[None] | None = None
+        self._deferred_offers: list[CallNegotiate] = []
         self._started = False
         self._left = False  # leave() was called: nothing more, not even a re-invite
         self._hung_up = False  # the current call is over (hangup sent or received)
@@ -393,11 +394,26 @@ class ConferenceClient:
         await self._send_end_of_candidates()
         self.state = "joined"
         answered.set_result(None)
+        deferred, self._deferred_offers = self._deferred_offers, []
+        for offer in deferred:
+            await self._on_negotiate(offer)
 
     async def _on_negotiate(self, message: CallNegotiate) -> None:
         pc = self._pc
         if message.description_type != "offer" or pc is None:
             log.info("%s: ignored a negotiate %s (we never re-offer)", self.room_id, message.description_type)
+            return
+        if (
+            pc.signalingState == "have-local-offer"
+            and self._answered is not None
+            and not self._answered.done()
+        ):
+            # The bot made this offer after answering our invite, but it reached us first: apply the
+            # answer first (when it comes), then this offer.
+            log.info(
+                "%s: a negotiate offer came before the answer to our invite: kept for after", self.room_id
+            )
+            self._deferred_offers.append(message)
             return
         await pc.setRemoteDescription(RTCSessionDescription(message.sdp, "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
@@ -508,6 +524,7 @@ class ConferenceClient:
 
     def _begin_call(self, call_id: str) -> None:
         self._call_id = call_id
+        self._deferred_offers = []
         self._hung_up = False
         self._our_calls.add(call_id)
         self._seq = 0

@@ -332,13 +332,15 @@ class TokenService:
             log.exception("focus: internal error while issuing a token")
             return _error(FocusError(500, "M_UNKNOWN", "Internal Server Error"))
         return web.Response(
-            status=200, text=json.dumps({"url": issued.url, "jwt": issued.jwt}), headers=CORS_HEADERS
+            status=200, body=json.dumps({"url": issued.url, "jwt": issued.jwt}).encode(), headers=CORS_HEADERS
         )
 
 
 def _error(exc: FocusError) -> web.Response:
     return web.Response(
-        status=exc.status, text=json.dumps({"errcode": exc.errcode, "error": exc.error}), headers=CORS_HEADERS
+        status=exc.status,
+        body=json.dumps({"errcode": exc.errcode, "error": exc.error}).encode(),
+        headers=CORS_HEADERS,
     )
 
 

@@ -13,7 +13,16 @@ offers and answers carry all its candidates):
 - whenever the tracks a participant must receive change, the relay emits ``NegotiationNeeded``
   with a fresh offer; the caller feeds the answer back with ``accept_answer``. A participant's own
   re-offer goes to ``apply_offer`` (returns the answer). While a relay offer is pending, a
-  re-offer raises ``NegotiationError`` (answer first, then re-offer).
+  re-offer raises ``NegotiationError`` (answer first, then re-offer);
+- a participant that always offers and never answers (LiveKit v1 clients: mode
+  ``"sfu_answer_only"``) never gets a relay offer: its ``NegotiationNeeded`` has ``offer_sdp == ""``
+  and ``streams`` = what it receives now plus the pending streams, each with the ``mid`` of the
+  m-line it offered that the stream will take, or ``mid=None`` when it must add an m-line of that
+  kind; the transport asks it to re-offer (LiveKit: ``media_sections_requirement``) and passes the
+  re-offer to ``apply_offer``. Its answers send on the m-lines it offered to receive on.
+
+Offered sections with no forwardable codec (or stopped, port 0) are rejected one by one (port 0 in
+the relay's SDP); simulcast video is accepted as one layer (``relay/simulcast.py``).
 
 Events are put on ``Relay.events`` (an ``asyncio.Queue[RelayEvent]``, bounded by
 ``RelayOptions.event_queue_size``; when full the oldest event is dropped and counted in
@@ -26,7 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-ParticipantMode = Literal["sfu", "mcu"]
+# "sfu_answer_only": SFU, and the relay never sends this participant an offer (see above).
+ParticipantMode = Literal["sfu", "mcu", "sfu_answer_only"]
 MediaKind = Literal["audio", "video"]
 
 
@@ -141,7 +151,10 @@ class ParticipantLeft:
 
 @dataclass(frozen=True)
 class NegotiationNeeded:
-    """The relay has a new offer for a participant; feed the answer to ``accept_answer``."""
+    """The relay has a new offer for a participant; feed the answer to ``accept_answer``.
+
+    For a ``sfu_answer_only`` participant ``offer_sdp`` is empty: it must re-offer (see above).
+    """
 
     conference_id: str
     participant_id: str

@@ -3,7 +3,8 @@
 Implements ``api.ConferenceApi``. Signaling operations are serialized by one lock per conference;
 the media path (``forwarding``) never takes it. After every operation ``_reconcile`` compares, for
 each subscriber, the up tracks it should receive with the down tracks it has, and sends a new
-offer (``NegotiationNeeded``) where they differ.
+offer (``NegotiationNeeded``) where they differ; a participant that always offers (mode
+``sfu_answer_only``) is asked to re-offer instead (``offered_sections``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from ..clock import Clock
 from ..tasks import TaskOwner
 from . import aiortc_hooks as hooks
+from . import offered_sections
 from .api import (
     ActiveSpeakerChanged,
     ConferenceStats,
@@ -41,6 +43,7 @@ from .api import (
     TrackUnpublished,
 )
 from .codec_policy import capabilities_matching, prefer_forwardable, translate_error
+from .conference_mcu import ConferenceMcu
 from .errors import (
     ClosedError,
     DuplicateParticipantError,
@@ -50,15 +53,15 @@ from .errors import (
     UnknownParticipantError,
 )
 from .forwarding import DownTrack, UpTrack
-from .mcu import McuSession
 from .participant import Participant
-from .sdp_check import check_remote_sdp
-from .speaker import ActiveSpeakerDetector, levels_from_mcu
+from .sdp_check import CheckedSdp, check_remote_sdp
+from .sdp_sections import write_rejected
+from .simulcast import answer_simulcast
+from .speaker import ActiveSpeakerDetector
 
 logger = logging.getLogger(__name__)
 
 SPEAKER_EVAL_INTERVAL = 0.1
-MCU_LEVELS_INTERVAL = 0.1
 
 
 class Conference:
@@ -81,8 +84,7 @@ class Conference:
         self._tasks = TaskOwner(f"conference:{conference_id}")
         self._speaker = ActiveSpeakerDetector()
         self._last_speaker_eval = 0.0
-        self._mcu: McuSession | None = None
-        self._mcu_sources: set[tuple[str, str]] = set()
+        self._mcu: ConferenceMcu | None = None
         self._level_ext_seen: set[str] = set()  # participants whose audio carries RFC 6464 levels
         self._closed = False
 
@@ -103,19 +105,31 @@ class Conference:
                 raise DuplicateParticipantError(
                     f"participant {participant_id!r} is already in the conference"
                 )
-            if mode not in ("sfu", "mcu"):
-                raise RelayError(f"unknown participant mode {mode!r} (expected 'sfu' or 'mcu')")
+            if mode not in ("sfu", "mcu", "sfu_answer_only"):
+                raise RelayError(
+                    f"unknown participant mode {mode!r} (expected 'sfu', 'mcu' or 'sfu_answer_only')"
+                )
+            if mode == "sfu_answer_only" and offer_sdp is None:
+                raise NegotiationError("a participant in mode 'sfu_answer_only' must join with an offer")
             checked = None if offer_sdp is None else self._check(offer_sdp, "offer")
-            if mode == "mcu":
-                self._ensure_mcu()
+            if mode == "mcu" and self._mcu is None:
+                self._mcu = ConferenceMcu(
+                    self._participants,
+                    self._clock,
+                    self._tasks,
+                    self._speaker.observe,
+                    self._evaluate_speaker,
+                    self._level_ext_seen,
+                )
             p = Participant(
                 participant_id,
-                mode,
+                "mcu" if mode == "mcu" else "sfu",
                 metadata or {},
                 self._options.host_addresses,
                 self._ports,
                 self._options.subscriber_queue_size,
             )
+            p.answer_only = mode == "sfu_answer_only"
             self._participants[participant_id] = p
             p.pc.on("track", lambda track: self._on_track(p, track))
             p.pc.on("connectionstatechange", lambda: self._on_connection_state(p))
@@ -150,7 +164,7 @@ class Conference:
                 )
             checked = self._check(answer_sdp, "answer")
             try:
-                await p.pc.setRemoteDescription(RTCSessionDescription(checked, "answer"))
+                await p.pc.setRemoteDescription(RTCSessionDescription(checked.sdp, "answer"))
             except Exception as exc:
                 raise translate_error(exc) from exc
             p.negotiated_once = True
@@ -209,6 +223,14 @@ class Conference:
             replace(down.info, mid=t.mid) for t, down in p.down_transceivers.items() if down is not None
         )
 
+    def _announced_streams(self, p: Participant) -> tuple[StreamInfo, ...]:
+        """Streams for a ``NegotiationNeeded``: for a participant that always offers, the pending ones
+        too (``offered_sections.pending_streams``)."""
+        placed = self.streams_for(p.id)
+        if not p.answer_only:
+            return placed
+        return placed + offered_sections.pending_streams(p, self._desired_ups(p), self._stream_info)
+
     def published_tracks(self) -> tuple[PublishedTrack, ...]:
         return tuple(up.info for p in self._participants.values() for up in p.ups.values())
 
@@ -245,7 +267,7 @@ class Conference:
 
     # ---- signaling ------------------------------------------------------------------------------
 
-    def _check(self, sdp: str, sdp_type: str) -> str:
+    def _check(self, sdp: str, sdp_type: str) -> CheckedSdp:
         return check_remote_sdp(
             sdp,
             sdp_type,
@@ -253,31 +275,56 @@ class Conference:
             max_sections=self._options.max_media_sections,
         )
 
-    async def _answer(self, p: Participant, offer: str, purposes: Mapping[str, str] | None) -> Negotiated:
+    async def _answer(
+        self, p: Participant, offer: CheckedSdp, purposes: Mapping[str, str] | None
+    ) -> Negotiated:
         if p.signaling_state != "stable":
             raise NegotiationError(
                 f"participant {p.id!r} has a relay offer pending (signaling state {p.signaling_state!r}): "
                 "answer it before re-offering"
             )
         try:
-            await p.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            await p.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
         except Exception as exc:
             raise translate_error(exc) from exc
+        hooks.route_rtp_by_mid(p.pc)
+        self._apply_rejections(p, offer)
+        for simulcast in offer.simulcast:
+            t = next((t for t in p.pc.getTransceivers() if t.mid == simulcast.mid), None)
+            if t is not None:
+                hooks.add_header_extensions(t, list(simulcast.extensions))
         if purposes:
             p.stream_purposes.update(purposes)
-        if p.mode == "mcu" and not p.mix_transceivers:
-            self._attach_mix(p, initial=False)
+        if p.mode == "mcu" and not p.mix_transceivers and self._mcu is not None:
+            self._mcu.attach_mix(p, initial=False)
+        if p.answer_only:
+            for up in [up for up in p.downs if up not in self._desired_ups(p)]:
+                self._detach(p, up)
+            offered_sections.place(p, self._desired_ups(p), self._attach)
+            p.reoffer_pending = False
         prefer_forwardable(p)
         answer = await p.pc.createAnswer()
         await p.pc.setLocalDescription(answer)
         p.negotiated_once = True
         self._sync_publications(p)
-        return Negotiated(p.pc.localDescription.sdp, self.streams_for(p.id))
+        sdp = write_rejected(p.pc.localDescription.sdp, p.rejected)
+        return Negotiated(answer_simulcast(sdp, offer.simulcast), self.streams_for(p.id))
+
+    def _apply_rejections(self, p: Participant, offer: CheckedSdp) -> None:
+        """Sections the participant's offer has rejected now: nothing is sent or received on them."""
+        p.rejected = {r.mid: r for r in offer.rejected}
+        for t in p.pc.getTransceivers():
+            if t.mid not in p.rejected:
+                continue
+            t.direction = "inactive"
+            down = p.down_transceivers.get(t)
+            if down is not None:
+                self._detach(p, down.up)
 
     async def _offer(self, p: Participant, initial: bool = False) -> Negotiated:
         if initial:
-            if p.mode == "mcu":
-                self._attach_mix(p, initial=True)
+            if p.mode == "mcu" and self._mcu is not None:
+                self._mcu.attach_mix(p, initial=True)
             else:
                 p.pc.addTransceiver("audio", direction="recvonly")
                 p.pc.addTransceiver("video", direction="recvonly")
@@ -291,11 +338,14 @@ class Conference:
         offer = await p.pc.createOffer()
         await p.pc.setLocalDescription(offer)
         p.needs_offer = False
-        return Negotiated(p.pc.localDescription.sdp, self.streams_for(p.id))
+        return Negotiated(write_rejected(p.pc.localDescription.sdp, p.rejected), self.streams_for(p.id))
 
     async def _reconcile(self) -> None:
         for q in list(self._participants.values()):
             if q.closed or q.mode != "sfu" or not q.negotiated_once:
+                continue
+            if q.answer_only:
+                self._request_reoffer(q)
                 continue
             if set(self._desired_ups(q)) != set(q.downs):
                 q.needs_offer = True
@@ -308,6 +358,17 @@ class Conference:
                     continue
                 self._emit(NegotiationNeeded(self.conference_id, q.id, negotiated.sdp, negotiated.streams))
 
+    def _request_reoffer(self, p: Participant) -> None:
+        desired = self._desired_ups(p)
+        key = offered_sections.reoffer_key(p, desired)
+        if key is None:
+            p.reoffer_key = None
+        if key is None or p.reoffer_pending or key == p.reoffer_key:
+            return
+        p.reoffer_pending = True
+        p.reoffer_key = key
+        self._emit(NegotiationNeeded(self.conference_id, p.id, "", self._announced_streams(p)))
+
     def _desired_ups(self, p: Participant) -> list[UpTrack]:
         if p.mode != "sfu":
             return []
@@ -318,22 +379,33 @@ class Conference:
             for up in q.ups.values()
         ]
 
-    def _attach(self, p: Participant, up: UpTrack) -> None:
-        kind = up.info.kind
-        transceiver = p.pc.addTransceiver(hooks.ForwardedTrack(kind, up.info.track_id), direction="sendonly")
-        hooks.set_sender_stream_id(transceiver.sender, up.info.stream_id)
-        transceiver.setCodecPreferences(capabilities_matching(kind, up.codec))
-        publisher = self._participants[up.info.participant_id]
-        info = StreamInfo(
+    def _stream_info(self, up: UpTrack) -> StreamInfo:
+        publisher = self._participants.get(up.info.participant_id)
+        return StreamInfo(
             stream_id=up.info.stream_id,
             track_id=up.info.track_id,
             mid=None,
-            kind=kind,
+            kind=up.info.kind,
             purpose=up.info.purpose,
             publisher_id=up.info.participant_id,
             publisher_track_id=up.info.origin_track_id or up.info.track_id,
-            publisher_metadata=dict(publisher.metadata),
+            publisher_metadata=dict(publisher.metadata) if publisher is not None else {},
         )
+
+    def _attach(self, p: Participant, up: UpTrack, offered: RTCRtpTransceiver | None = None) -> None:
+        """A down track of ``up`` for ``p``: on a new m-line of the relay's next offer, or on an m-line
+        ``p`` offered (``offered``, codecs already pinned)."""
+        kind = up.info.kind
+        track = hooks.ForwardedTrack(kind, up.info.track_id)
+        if offered is None:
+            transceiver = p.pc.addTransceiver(track, direction="sendonly")
+            transceiver.setCodecPreferences(capabilities_matching(kind, up.codec))
+        else:
+            transceiver = offered
+            transceiver.sender.replaceTrack(track)
+            transceiver.direction = "sendonly"
+        hooks.set_sender_stream_id(transceiver.sender, up.info.stream_id)
+        info = self._stream_info(up)
         down = DownTrack(up, p.writer, transceiver.sender, info, self._options.history_size)
         hooks.hook_sender(transceiver.sender, down.start, down.on_feedback)
         up.downs.append(down)
@@ -403,14 +475,14 @@ class Conference:
         if info.kind == "audio":
             up.on_audio_level = lambda level: self._on_level(p.id, level)
         p.ups[t] = up
-        self._add_mcu_source(p, up)
+        if self._mcu is not None:
+            self._mcu.add_source(p, up)
         self._emit(TrackPublished(self.conference_id, info))
 
     def _unpublish(self, p: Participant, t: RTCRtpTransceiver) -> None:
         up = p.ups.pop(t)
-        if self._mcu is not None and (p.id, up.info.kind) in self._mcu_sources:
+        if self._mcu is not None:
             self._mcu.remove_source(p.id, up.info.kind)
-            self._mcu_sources.discard((p.id, up.info.kind))
         self._emit(TrackUnpublished(self.conference_id, up.info))
 
     # ---- participant lifecycle ------------------------------------------------------------------
@@ -469,12 +541,7 @@ class Conference:
                 up.downs.remove(p.downs[up])
         p.downs.clear()
         if self._mcu is not None:
-            for kind in ("audio", "video"):
-                if (p.id, kind) in self._mcu_sources:
-                    self._mcu.remove_source(p.id, kind)
-                    self._mcu_sources.discard((p.id, kind))
-            if p.mode == "mcu":
-                self._mcu.remove_sink(p.id)
+            self._mcu.remove_participant(p)
         self._speaker.remove(p.id)
         self._level_ext_seen.discard(p.id)
         if emit:
@@ -509,66 +576,6 @@ class Conference:
         change = self._speaker.evaluate(now)
         if change is not None:
             self._emit(ActiveSpeakerChanged(self.conference_id, change.speaker))
-
-    # ---- MCU wiring -----------------------------------------------------------------------------
-
-    def _ensure_mcu(self) -> None:
-        if self._mcu is not None:
-            return
-        self._mcu = McuSession(self._mcu_keyframe, self._clock)
-        self._tasks.spawn(self._mcu_levels_loop(), "mcu-levels")
-        for p in self._participants.values():
-            for up in p.ups.values():
-                self._add_mcu_source(p, up)
-
-    async def _mcu_levels_loop(self) -> None:
-        """Active speaker for audio without the level extension, from the levels the MCU decodes."""
-        while self._mcu is not None:
-            await asyncio.sleep(MCU_LEVELS_INTERVAL)
-            if self._mcu is None:
-                return
-            now = self._clock.now()
-            for pid, level in levels_from_mcu(self._mcu.levels(), self._level_ext_seen).items():
-                if pid in self._participants:
-                    self._speaker.observe(pid, level, now)
-            self._evaluate_speaker()
-
-    def _add_mcu_source(self, p: Participant, up: UpTrack) -> None:
-        key = (p.id, up.info.kind)
-        if self._mcu is None or key in self._mcu_sources:
-            return
-        self._mcu.add_source(p.id, up.info.kind, up.codec)
-        self._mcu_sources.add(key)
-        mcu, kind, source = self._mcu, up.info.kind, p.id
-        up.mcu_feed = lambda packet: mcu.feed(source, kind, packet)
-
-    def _mcu_keyframe(self, source_id: str) -> None:
-        p = self._participants.get(source_id)
-        if p is None:
-            return
-        for up in p.ups.values():
-            if up.info.kind == "video":
-                up.request_keyframe()
-                return
-
-    def _attach_mix(self, p: Participant, initial: bool) -> None:
-        assert self._mcu is not None, "add_participant creates the MCU before any mcu-mode participant"
-        audio, video = self._mcu.add_sink(p.id)
-        for track in (audio, video):
-            if initial:
-                t = p.pc.addTransceiver(track, direction="sendrecv")
-            else:
-                candidates = [
-                    t
-                    for t in p.pc.getTransceivers()
-                    if t.kind == track.kind and t.sender.track is None and t not in p.down_transceivers
-                ]
-                if not candidates:
-                    continue  # the endpoint offered no m-line of this kind
-                t = candidates[0]
-                t.sender.replaceTrack(track)
-                t.direction = "sendrecv"
-            p.mix_transceivers.add(t)
 
 
 def _relay_stream_id(p: Participant, origin_stream: str | None) -> str:

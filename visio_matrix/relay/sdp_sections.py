@@ -70,9 +70,7 @@ class SdpText:
         lines = [*self.session, *(line for section in self.sections for line in section)]
         return self.newline.join(lines) + self.newline
 
-    def replace(
-        self, sections: Sequence[Sequence[str]], session: Sequence[str] | None = None
-    ) -> SdpText:
+    def replace(self, sections: Sequence[Sequence[str]], session: Sequence[str] | None = None) -> SdpText:
         return SdpText(
             tuple(self.session if session is None else session),
             tuple(tuple(s) for s in sections),

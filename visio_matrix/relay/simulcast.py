@@ -106,7 +106,11 @@ def answer_simulcast(answer_sdp: str, offers: Sequence[SimulcastOffer]) -> str:
     sections = []
     for section in text.sections:
         offer = by_mid.get(section_mid(section) or "")
-        if offer is None or section_port(section) == "0" or section_direction(section) not in ("recvonly", "sendrecv"):
+        if (
+            offer is None
+            or section_port(section) == "0"
+            or section_direction(section) not in ("recvonly", "sendrecv")
+        ):
             sections.append(section)
             continue
         lines = [line for line in section if not line.startswith(("a=rid:", "a=simulcast:"))]
@@ -125,4 +129,3 @@ def _after_last(lines: Sequence[str], prefix: str) -> int | None:
         if line.startswith(prefix):
             found = index + 1
     return found
-

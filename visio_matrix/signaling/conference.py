@@ -65,6 +65,7 @@ class VisioReason(StrEnum):
     MEDIA_FAILED = "media_failed"
     REPLACED = "replaced"
     INVITE_EXPIRED = "invite_expired"
+    SHUTDOWN = "shutdown"
 
 
 # The spec ``reason`` sent next to each code, for clients that only know the spec list.
@@ -79,6 +80,7 @@ SPEC_REASON_FOR: Final[dict[VisioReason, str]] = {
     VisioReason.MEDIA_FAILED: "ice_failed",
     VisioReason.REPLACED: "user_hangup",
     VisioReason.INVITE_EXPIRED: "invite_timeout",
+    VisioReason.SHUTDOWN: "unknown_error",
 }
 
 # Default sentences for people (``io.visio.message``); callers may pass a more precise one.
@@ -93,6 +95,7 @@ DEFAULT_MESSAGE_FOR: Final[dict[VisioReason, str]] = {
     VisioReason.MEDIA_FAILED: "The media connection failed.",
     VisioReason.REPLACED: "This call was replaced by a new one.",
     VisioReason.INVITE_EXPIRED: "The call invitation expired.",
+    VisioReason.SHUTDOWN: "The call service is restarting.",
 }
 
 

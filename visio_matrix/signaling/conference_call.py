@@ -5,14 +5,12 @@ user and device, same ``call_id``) and calls from the shell with relay results; 
 Time is passed in as wall-clock milliseconds.
 
 ```
-  participant m.call.invite                      answer_ready()
- ---------------------------> JOINING ---------------------------------> CONNECTED
-                                 |                                          |   ^
-  reinvite() (after a restart)   |  hangup / tick past lifetime             |   | renegotiation:
- ---------------------------> RINGING --- m.call.answer --------------------+   | bot offer (MakeOffer ->
-                                 |                                          |   | send_offer) or
-                                 v                                          v   | participant offer
-                               ENDED <------------- hangup either way ------+---+ (ApplyOffer)
+  participant m.call.invite --> JOINING --answer_ready()----------> CONNECTED --+ renegotiation:
+  reinvite() after a restart --> RINGING --m.call.answer------------^  |    ^    | MakeOffer -> send_offer,
+                                   |                                   |    +----+ or ApplyOffer ->
+       lifetime over (tick),       |                                   |           negotiate_answer_ready
+       m.call.reject (RINGING)     v                                   v
+                                 ENDED <------- hangup either way -----+
 ```
 
 Rules kept here: ``seq`` strictly increases per sender and call (lower or equal = duplicate, dropped);

@@ -104,7 +104,7 @@ class StreamMetadata:
     ``user_id`` / ``device_id``: whose media this is, set by the bot in conference answers/offers
     (an extension; absent in 1:1 calls from ordinary clients)."""
 
-    purpose: Literal["m.usermedia", "m.screenshare"] | str
+    purpose: str  # one of STREAM_PURPOSES (the parser drops streams with another purpose)
     audio_muted: bool = False
     video_muted: bool = False
     user_id: str | None = None

@@ -97,6 +97,16 @@ class OneToOneRoom:
             if event.sender == self.bot_user_id and event.message.party_id == self.bot_party_id:
                 return [CallAction(call_id, Ignore("remote echo of our own invite"))]
             return [CallAction(call_id, Ignore("duplicate m.call.invite"))]
+        call, actions = OneToOneCall.incoming(
+            event,
+            bot_user_id=self.bot_user_id,
+            bot_party_id=self.bot_party_id,
+            now_ms=now_ms,
+            send_end_of_candidates=self._send_end_of_candidates,
+        )
+        if call is None:  # expired, or not for the bot: it takes no part in glare either
+            self._finished[call_id] = now_ms
+            return [CallAction(call_id, action) for action in actions]
         result: list[CallAction] = []
         ours = self._ringing_to(event.sender)
         if ours is not None:
@@ -105,16 +115,6 @@ class OneToOneRoom:
                 return [CallAction(call_id, Ignore(f"glare: our call {ours.call_id} has the lesser call_id"))]
             # Ours loses: abort it (its hangup also stops the user's other devices ringing).
             result = self._tagged(ours, ours.hangup("user_hangup"), now_ms)
-        call, actions = OneToOneCall.incoming(
-            event,
-            bot_user_id=self.bot_user_id,
-            bot_party_id=self.bot_party_id,
-            now_ms=now_ms,
-            send_end_of_candidates=self._send_end_of_candidates,
-        )
-        if call is None:
-            self._finished[call_id] = now_ms
-            return result + [CallAction(call_id, action) for action in actions]
         self._calls[call_id] = call
         return result + self._tagged(call, actions, now_ms)
 

@@ -161,7 +161,13 @@ def _version(content: Mapping[str, Any], strict: bool) -> str:
         return VERSION_1
     if not strict and (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))):
         return VERSION_1  # spec: any other version is treated as "1"
-    raise SignalingError(ERR_BAD_VERSION, f'version: expected "1" or 0, got {value!r}'[:120])
+    if isinstance(value, str):
+        shown = repr(value[:32])
+    elif isinstance(value, int) and not isinstance(value, bool):
+        shown = repr(value)
+    else:
+        shown = _type_name(value)
+    raise SignalingError(ERR_BAD_VERSION, f'version: expected "1" or 0, got {shown}')
 
 
 def parse_stream_metadata(value: object, path: str, limits: Limits = DEFAULT_LIMITS) -> StreamMetadataMap:
