@@ -18,6 +18,8 @@ from aiohttp import web
 from visio_matrix.appservice.homeserver import HomeserverClient, MatrixError
 from visio_matrix.appservice.http import build_routes, matrix_errors_middleware
 from visio_matrix.appservice.transactions import TransactionProcessor
+from visio_matrix.calls.direct_rooms import BotRooms
+from visio_matrix.calls.dm_calls import DmCalls
 from visio_matrix.calls.hub import ConferenceHub
 from visio_matrix.calls.room_access import BotRoomAccess
 from visio_matrix.calls.room_bot import RoomBot
@@ -26,6 +28,7 @@ from visio_matrix.calls.todevice import ToDeviceCalls
 from visio_matrix.clock import Clock, SystemClock
 from visio_matrix.config import Config
 from visio_matrix.crypto.bot_device import BotDevice
+from visio_matrix.focus.tokens import TokenService, focus_routes, token_service_from_config
 from visio_matrix.housekeeping import Housekeeping
 from visio_matrix.metrics import Metrics
 from visio_matrix.relay import Relay, RelayOptions
@@ -54,6 +57,8 @@ class Service:
         self._hub: ConferenceHub | None = None
         self._status: RoomStatus | None = None
         self._todevice: ToDeviceCalls | None = None
+        self._tokens: TokenService | None = None
+        self._dm: DmCalls | None = None
         self._runner: web.AppRunner | None = None
         self._housekeeping: Housekeeping | None = None
         self.ping_result: PingResult | None = None
@@ -78,6 +83,11 @@ class Service:
     def relay(self) -> Relay:
         assert self._relay is not None, "service not started"
         return self._relay
+
+    @property
+    def dm(self) -> DmCalls:
+        assert self._dm is not None, "service not started"
+        return self._dm
 
     @property
     def bot(self) -> RoomBot:
@@ -130,10 +140,18 @@ class Service:
             self._hub.add_listener(self._status)
             await self._hub.start()
             self._status.start()
+            self._dm = DmCalls(BotRooms(self._device), self._hub, self._store, cfg.policy, self.clock)
             self._bot = RoomBot(
-                self._device, self._store, cfg.policy, self.clock, self.metrics, conferences=self._hub
+                self._device,
+                self._store,
+                cfg.policy,
+                self.clock,
+                self.metrics,
+                call_events=self._dm,
+                conferences=self._hub,
             )
             await self._bot.start()
+            await self._dm.start(self._hub.take_restorable("dm"))
             self._todevice = ToDeviceCalls(
                 self._device.to_device, self._hub, self.bot_user_id, self._device.device_id, self.clock
             )
@@ -144,8 +162,14 @@ class Service:
                 self._store, self._bot, self.clock, self.metrics, self.bot_user_id
             )
 
+            if cfg.focus.enabled:
+                self._tokens = token_service_from_config(
+                    cfg, self._store, BotRoomAccess(self._device), self.clock
+                )
             app = web.Application(middlewares=[matrix_errors_middleware])
             app.add_routes(build_routes(processor, cfg.appservice.hs_token))
+            if self._tokens is not None:
+                app.add_routes(focus_routes(self._tokens))
             app.add_routes(
                 [web.get("/health/live", self._live), web.get("/health/ready", self._ready)]
                 + ([web.get("/metrics", self._metrics_route)] if cfg.metrics.enabled else [])
@@ -164,12 +188,18 @@ class Service:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._tokens is not None:
+            await self._tokens.close()
+            self._tokens = None
         if self._housekeeping is not None:
             await self._housekeeping.stop()
             self._housekeeping = None
         if self._bot is not None:
             await self._bot.stop()
             self._bot = None
+        if self._dm is not None:
+            await self._dm.stop()
+            self._dm = None
         if self._todevice is not None:
             await self._todevice.stop()
             self._todevice = None

@@ -274,7 +274,7 @@ class DmCalls:
                 return
         async with dm.lock:
             actions = dm.machine.receive(parsed, self._clock.wall_ms())
-            await self._run(event.room_id, actions, sender=event.sender)
+            await self._run(event.room_id, actions)
 
     async def _dm_for_invite(self, event: RoomEvent, call_id: str, content: dict[str, Any]) -> _Dm | None:
         """The DM machine for an invite's room, when it is the sender's DM with the bot."""
@@ -330,14 +330,14 @@ class DmCalls:
 
     # ---- carrying out the machine's actions -------------------------------------------------------------
 
-    async def _run(self, room_id: str, actions: list[CallAction], sender: str | None = None) -> None:
+    async def _run(self, room_id: str, actions: list[CallAction]) -> None:
         """Carry out tagged actions in order (caller holds the DM's lock)."""
         dm = self._dms[room_id]
         queue = list(actions)
         while queue:
             call_id, action = queue.pop(0)
             try:
-                queue[0:0] = await self._act(room_id, dm, call_id, action, sender)
+                queue[0:0] = await self._act(room_id, dm, call_id, action)
             except Exception:
                 log.exception("DM call %s: %s failed", call_id, type(action).__name__)
                 call = dm.machine.get(call_id)
@@ -350,9 +350,7 @@ class DmCalls:
     def _tag(call: OneToOneCall, actions: list[Action]) -> list[CallAction]:
         return [CallAction(call.call_id, a) for a in actions]
 
-    async def _act(
-        self, room_id: str, dm: _Dm, call_id: str, action: Action, sender: str | None
-    ) -> list[CallAction]:
+    async def _act(self, room_id: str, dm: _Dm, call_id: str, action: Action) -> list[CallAction]:
         call = dm.machine.get(call_id)
         live = self._calls.get(call_id)
         match action:

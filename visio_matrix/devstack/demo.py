@@ -26,11 +26,12 @@ from pathlib import Path
 
 import aiohttp
 
+from visio_matrix.devstack.call_check import run_call
 from visio_matrix.devstack.service_files import write_service_files
 from visio_matrix.devstack.synapse import LocalSynapse, free_port
 from visio_matrix.devstack.user import MatrixUser, MessageView
 
-DEMO_USERS = (("alice", "Alice"), ("bob", "Bob"))
+DEMO_USERS = (("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol"))
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,12 @@ async def demo_room(stack: DemoStack, users: dict[str, MatrixUser]) -> str:
     room_file = stack.state / "room.json"
     if room_file.exists():
         return str(json.loads(room_file.read_text())["room_id"])
-    alice, bob = users["alice"], users["bob"]
-    room_id = await alice.create_room("Visio demo", invite=[bob.user_id, stack.bot_user_id], encrypted=True)
-    await bob.join(room_id)
+    alice, others = users["alice"], [u for name, u in users.items() if name != "alice"]
+    room_id = await alice.create_room(
+        "Visio demo", invite=[u.user_id for u in others] + [stack.bot_user_id], encrypted=True
+    )
+    for user in others:
+        await user.join(room_id)
     await alice.wait_for_membership(room_id, stack.bot_user_id, "join", timeout=60)
     room_file.write_text(json.dumps({"room_id": room_id}))
     return room_id
@@ -212,7 +216,29 @@ async def run_check(stack: DemoStack, users: dict[str, MatrixUser], room_id: str
         timings.append(f"{command.split()[1]}={(time.monotonic() - started) * 1000:.0f}ms")
     if ok:
         print(f"[check] encrypted replies: {' '.join(timings)}")
+        ok = await run_call_check(stack, users, room_id)
     return ok
+
+
+async def run_call_check(stack: DemoStack, users: dict[str, MatrixUser], room_id: str) -> bool:
+    """A 3-participant call in the encrypted room with the reference client: frames per pair, timings."""
+    password = _password_for(stack.state)
+    try:
+        result = await run_call(
+            stack.hs.base_url,
+            stack.bot_user_id,
+            room_id,
+            users["alice"],
+            [(u.user_id, password) for u in users.values()],
+            stack.state / "call-clients",
+        )
+    except Exception as exc:
+        print(f"[check] FAILED: 3-participant call: {type(exc).__name__}: {exc}")
+        return False
+    print(f"[check] 3-participant call (bot replied to !visio start in {result.start_reply_s * 1000:.0f}ms):")
+    for report in result.reports:
+        print(f"[check]   {report.line()}")
+    return result.ok
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -261,7 +287,7 @@ visio-matrix demo is running.
   MatrixRTC focus:       {stack.service_url}   (advertised by the homeserver to Element Call)
   Bot:                   {stack.bot_user_id}
   Demo users:            {", ".join(f"@{u}:{stack.hs.server_name}" for u, _ in DEMO_USERS)}
-  Password (both):       {password}
+  Password (all):       {password}
   Encrypted demo room:   {room_id}  ("Visio demo")
 
 Log in with any Matrix client (homeserver {stack.hs.base_url}), open "Visio demo" and type
