@@ -287,7 +287,7 @@ class Conference:
             await p.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
         except Exception as exc:
             raise translate_error(exc) from exc
-        pass  # hooks.route_rtp_by_mid(p.pc)
+        hooks.route_rtp_by_mid(p.pc)
         self._apply_rejections(p, offer)
         for simulcast in offer.simulcast:
             t = next((t for t in p.pc.getTransceivers() if t.mid == simulcast.mid), None)
