@@ -292,11 +292,6 @@ async def test_clients_come_back_after_a_service_restart(stack: Stack) -> None:
             60,
             "the bot's re-invites answered",
         )
-        for name, c in clients.items():
-            pc = c.peer_connection
-            print("DEBUG", name, c.state, pc.connectionState if pc else None, [(t.user_id, t.kind, t.mid) for t in c.remote],
-                  [(t.mid, t.kind, t.direction, t.currentDirection) for t in pc.getTransceivers()] if pc else None,
-                  pc.remoteDescription.sdp if pc and pc.remoteDescription else None, pc.signalingState if pc else None)
         after = await check_media(clients, users, devices)
         assert not {id(t.track) for t in before} & {id(t.track) for t in after}  # new connections
     finally:

@@ -458,3 +458,26 @@ async def test_reinvite_after_restart_builds_a_new_connection_with_our_tracks(
             break
         await asyncio.sleep(0.02)
     assert client.ignored == ignored + 1 and client.state == "joined"
+
+
+async def test_negotiate_offer_overtaking_the_answer_is_applied_after_it(
+    client: ConferenceClient, channel: FakeChannel, bot: Bot
+) -> None:
+    """The bot answered, then offered Bob's track, but the offer reached us first: answer, then offer."""
+    join = asyncio.create_task(client.join([AudioStreamTrack()]))
+    invite = await channel.next_sent("m.call.invite")
+    assert isinstance(invite.message, CallInvite)
+    bot.client_session = invite.group.sender_session_id
+    await bot.pc.setRemoteDescription(RTCSessionDescription(invite.message.offer_sdp, "offer"))
+    await bot.pc.setLocalDescription(await bot.pc.createAnswer())
+    answer_sdp = bot.pc.localDescription.sdp
+    # What the service does today: the relay's next offer goes out (seq 0) before the answer (seq 1).
+    await bot.offer_track(invite.call_id, VideoStreamTrack(), "bobstream", BOB)
+    answer = build_conference_answer(invite.call_id, bot.party, bot.group(), answer_sdp, stream_metadata={})
+    await channel.deliver("m.call.answer", answer)
+    await asyncio.wait_for(join, 10)
+    reply = await channel.next_sent("m.call.negotiate")
+    assert isinstance(reply.message, CallNegotiate) and reply.message.description_type == "answer"
+    await bot.pc.setRemoteDescription(RTCSessionDescription(reply.message.sdp, "answer"))
+    assert (await client.wait_for_track(BOB, "video", timeout=5)).stream_id == "bobstream"
+    assert client.state == "joined"

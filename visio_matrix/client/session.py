@@ -465,7 +465,9 @@ class ConferenceClient:
         log.info(
             "%s: the bot re-invites (call %s replaces %s)", self.room_id, invite.call_id, parsed.replaces
         )
+        self.state = "joining"
         await self._close_pc()
+        await self.remote.clear()  # the old connection's tracks are gone; the new ones come below
         self._begin_call(invite.call_id)
         group = parsed.group
         self._bot_seq, self._bot_session_id = group.seq, group.sender_session_id
