@@ -3,6 +3,8 @@ the relay sends on the m-lines it offered to receive on, and asks for re-offers 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from visio_matrix.relay import NegotiationNeeded, Relay
@@ -23,6 +25,18 @@ def looks(record: Received | None, rgb: tuple[int, int, int]) -> bool:
         and record.last_rgb is not None
         and all(abs(a - b) < 40 for a, b in zip(record.last_rgb, rgb, strict=True))
     )
+
+
+class GatedPeer(Peer):
+    """Answers relay offers only once its own first offer is answered (the pump may be faster)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.ready = asyncio.Event()
+
+    async def answer(self, offer_sdp: str) -> str:
+        await self.ready.wait()
+        return await super().answer(offer_sdp)
 
 
 def requests_for(signaling: Signaling, pid: str) -> list[NegotiationNeeded]:
@@ -58,7 +72,7 @@ async def test_answer_only_participant_receives_on_its_offered_sections(relay: R
         await erin.accept(negotiated.sdp)
 
         # Frank publishes three tracks: one more video than erin has m-lines for.
-        frank = Peer("frank", GREEN, 1000)
+        frank = GatedPeer("frank", GREEN, 1000)
         frank.add_tracks()
         frank.pc.addTrack(ColorVideoTrack(BLUE))
         signaling.peers["frank"] = frank
@@ -66,6 +80,7 @@ async def test_answer_only_participant_receives_on_its_offered_sections(relay: R
         await frank.accept(
             (await conference.add_participant("frank", offer_sdp=frank.pc.localDescription.sdp)).sdp
         )
+        frank.ready.set()
         await signaling.wait_for(lambda: bool(requests_for(signaling, "erin")), 10, "a request for erin")
         request = requests_for(signaling, "erin")[0]
         assert request.offer_sdp == ""

@@ -81,7 +81,9 @@ async def test_a_vp9_only_section_is_rejected_and_the_rest_of_the_call_works(rel
         offer = alice.pc.localDescription.sdp
 
         def vp9_only(section: list[str]) -> list[str]:
-            return [line.replace("VP8/90000", "VP9/90000").replace("H264/90000", "AV1/90000") for line in section]
+            return [
+                line.replace("VP8/90000", "VP9/90000").replace("H264/90000", "AV1/90000") for line in section
+            ]
 
         offer = edit_section(offer, 2, vp9_only)
         negotiated = await conference.add_participant("alice", offer_sdp=offer)

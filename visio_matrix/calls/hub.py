@@ -444,6 +444,11 @@ class ConferenceHub:
                 out.append((track, owner.view))
         return tuple(out)
 
+    def conference_of_room(self, room_id: str) -> str | None:
+        """The id of the room's running conference as far as media goes (None: none in the relay yet)."""
+        room = self._rooms.get(room_id)
+        return room.record.conference_id if room else None
+
     def room_of_conference(self, conference_id: str) -> str | None:
         return self._by_conference.get(conference_id)
 

@@ -88,6 +88,8 @@ class Channel(Protocol):
 class Hub(_HubApi, Protocol):
     def take_restorable(self, transport: Any) -> list[Any]: ...
 
+    def conference_of_room(self, room_id: str) -> str | None: ...
+
 
 def stream_metadata(streams: tuple[StreamInfo, ...]) -> dict[str, StreamMetadata]:
     """What the participant receives, per msid stream id, with whose media it is."""
@@ -115,9 +117,13 @@ class _Call:
     room_id: str = ""
     participant_id: str = ""
     seq: int = 0
+    their_seq: int = -1  # highest seq seen from the participant in this call
     awaiting_answer: bool = False  # our offer (invite or negotiate) is unanswered
     ended: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    # Set once our answer (or re-invite) is sent: the hub may ask for a new offer before that, and the
+    # participant must get the answer first (its peer connection cannot take an offer before it).
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
 
     def group(self) -> GroupFields:
         self.seq += 1
@@ -135,6 +141,7 @@ class _Call:
     # ---- ParticipantLink ---------------------------------------------------------------------
 
     async def send_offer(self, negotiated: Negotiated) -> None:
+        await self.opened.wait()
         if self.ended:
             return
         self.awaiting_answer = True
@@ -280,6 +287,11 @@ class ToDeviceCalls:
             await self._bad_message(key, msg, parsed)
             return
         m = parsed.message
+        dest = parsed.group.dest_session_id
+        if dest and dest != self.session_id:
+            # Addressed to an earlier run of the service (docs/protocol.md): stale, dropped.
+            log.info("%s from %s %s for an earlier session of the bot: ignored", msg.type, *key)
+            return
         if isinstance(m, CallInvite) and parsed.replaces is None:
             await self._invite(key, parsed)
             return
@@ -287,6 +299,12 @@ class ToDeviceCalls:
         if call is None or call.call_id != m.call_id:
             log.info("%s for unknown call %s from %s %s: ignored", msg.type, m.call_id, *key)
             return
+        if parsed.group.seq <= call.their_seq:
+            log.info(
+                "%s seq %d from %s %s is a duplicate or reordered: ignored", msg.type, parsed.group.seq, *key
+            )
+            return
+        call.their_seq = parsed.group.seq
         if isinstance(m, CallCandidates):
             for c in m.candidates:
                 if isinstance(c, Candidate):
@@ -336,6 +354,20 @@ class ToDeviceCalls:
         if current is not None and current.call_id == m.call_id:
             log.info("duplicate invite %s from %s %s: ignored", m.call_id, *key)
             return
+        if invite.group.conf_id and self._hub.conference_of_room(invite.room_id) not in (
+            None,
+            invite.group.conf_id,
+        ):
+            # It names a conference that is over (the room may have a newer one): say so.
+            event_type, content = refuse_invite(
+                invite,
+                bot_party_id=self.party_id,
+                bot_device_id=self.bot_device_id,
+                bot_session_id=self.session_id,
+                visio_reason=VisioReason.CONFERENCE_ENDED,
+            )
+            await self.channel.send(key[0], key[1], event_type, content)
+            return
         purposes = {sid: md.purpose for sid, md in (m.stream_metadata or {}).items()}
         call = _Call(
             self,
@@ -345,6 +377,7 @@ class ToDeviceCalls:
             m.party_id or "",
             invite.group.sender_session_id,
             room_id=invite.room_id,
+            their_seq=invite.group.seq,
         )
         try:
             joined = await self._hub.join(
@@ -378,16 +411,19 @@ class ToDeviceCalls:
             await self.channel.send(key[0], key[1], event_type, content)
             return
         self._admit(call, joined)
-        await call.send(
-            "m.call.answer",
-            build_conference_answer(
-                call.call_id,
-                self.party_id,
-                call.group(),
-                joined.negotiated.sdp,
-                stream_metadata=stream_metadata(joined.negotiated.streams),
-            ),
-        )
+        try:
+            await call.send(
+                "m.call.answer",
+                build_conference_answer(
+                    call.call_id,
+                    self.party_id,
+                    call.group(),
+                    joined.negotiated.sdp,
+                    stream_metadata=stream_metadata(joined.negotiated.streams),
+                ),
+            )
+        finally:
+            call.opened.set()
 
     def _admit(self, call: _Call, joined: Joined) -> None:
         call.conf_id = joined.conference_id
@@ -471,6 +507,12 @@ class ToDeviceCalls:
             call.room_id,
             old_call_id,
         )
+        try:
+            await self._send_reinvite(call, joined, old_call_id)
+        finally:
+            call.opened.set()
+
+    async def _send_reinvite(self, call: _Call, joined: Joined, old_call_id: str) -> None:
         await call.send(
             "m.call.invite",
             build_conference_invite(

@@ -224,12 +224,18 @@ class Conference:
         )
 
     def _announced_streams(self, p: Participant) -> tuple[StreamInfo, ...]:
-        """Streams for a ``NegotiationNeeded``: for a participant that always offers, the pending ones
-        too (``offered_sections.pending_streams``)."""
+        """Streams for a ``NegotiationNeeded``; for a participant that always offers, what it will
+        receive once it re-offered: the placed ones still wanted, and the pending ones."""
         placed = self.streams_for(p.id)
         if not p.answer_only:
             return placed
-        return placed + offered_sections.pending_streams(p, self._desired_ups(p), self._stream_info)
+        desired = self._desired_ups(p)
+        kept = tuple(
+            replace(down.info, mid=t.mid)
+            for t, down in p.down_transceivers.items()
+            if down is not None and down.up in desired
+        )
+        return kept + offered_sections.pending_streams(p, desired, self._stream_info)
 
     def published_tracks(self) -> tuple[PublishedTrack, ...]:
         return tuple(up.info for p in self._participants.values() for up in p.ups.values())
