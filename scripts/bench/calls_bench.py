@@ -48,14 +48,18 @@ async def ping_roundtrip(a: VisioMatrixClient, b: VisioMatrixClient, rounds: int
     back: asyncio.Queue[object] = asyncio.Queue()
 
     async def on_b(msg: object) -> None:
-        await b.to_device.send(a.user_id, a.device_id, "m.call.sdp_stream_metadata_changed", {"call_id": "bench-pong"})
+        await b.to_device.send(
+            a.user_id, a.device_id, "m.call.sdp_stream_metadata_changed", {"call_id": "bench-pong"}
+        )
 
     a.to_device.add_handler(back.put)
     b.to_device.add_handler(on_b)
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
-        await a.to_device.send(b.user_id, b.device_id, "m.call.sdp_stream_metadata_changed", {"call_id": "bench-ping"})
+        await a.to_device.send(
+            b.user_id, b.device_id, "m.call.sdp_stream_metadata_changed", {"call_id": "bench-ping"}
+        )
         await asyncio.wait_for(back.get(), 10)
         times.append(time.perf_counter() - t)
     return statistics.median(times)

@@ -115,7 +115,9 @@ async def browser() -> AsyncIterator[Browser]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=executable, headless=True, args=list(CHROMIUM_ARGS))
+        chromium = await pw.chromium.launch(
+            executable_path=executable, headless=True, args=list(CHROMIUM_ARGS)
+        )
         try:
             yield chromium
         finally:
@@ -171,7 +173,7 @@ class HarnessPage:
         except Exception as exc:  # the page may be gone; the console may still say why
             events = [{"kind": "events-unavailable", "error": repr(exc)}]
         lines = [f"--- {self.name} events"] + [repr(e) for e in events[-60:]]
-        lines += [f"--- {self.name} console"] + self.console[-60:]
+        lines += [f"--- {self.name} console", *self.console[-60:]]
         return "\n".join(lines)
 
     async def close(self) -> None:

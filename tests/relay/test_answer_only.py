@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from visio_matrix.relay import NegotiationNeeded, Relay
+from visio_matrix.relay import Negotiated, NegotiationNeeded, Relay
 from visio_matrix.relay.errors import NegotiationError
 from visio_matrix.relay.sdp_sections import SdpText, section_direction, section_mid
 
@@ -59,16 +59,16 @@ async def test_answer_only_participant_receives_on_its_offered_sections(relay: R
     signaling = Signaling(relay, conference)  # answers relay offers for frank only
     erin = Peer("erin", RED, 440)
     try:
-        with pytest.raises(NegotiationError, match="must join with an offer"):
-            await conference.add_participant("nobody", mode="sfu_answer_only")
-        # Erin publishes audio + video and offers one audio and one video m-line to receive on.
+        # Erin joins without an offer (a LiveKit client that does not send it with its join request),
+        # then publishes audio + video and offers one audio and one video m-line to receive on.
+        assert await conference.add_participant("erin", mode="sfu_answer_only") == Negotiated("", ())
+        with pytest.raises(NegotiationError, match="no relay offer pending"):
+            await conference.accept_answer("erin", "v=0")
         erin.add_tracks()
         erin.pc.addTransceiver("audio", direction="recvonly")
         erin.pc.addTransceiver("video", direction="recvonly")
         await erin.pc.setLocalDescription(await erin.pc.createOffer())
-        negotiated = await conference.add_participant(
-            "erin", offer_sdp=erin.pc.localDescription.sdp, mode="sfu_answer_only"
-        )
+        negotiated = await conference.apply_offer("erin", erin.pc.localDescription.sdp)
         await erin.accept(negotiated.sdp)
 
         # Frank publishes three tracks: one more video than erin has m-lines for.

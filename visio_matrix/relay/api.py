@@ -19,7 +19,9 @@ offers and answers carry all its candidates):
   and ``streams`` = what it receives now plus the pending streams, each with the ``mid`` of the
   m-line it offered that the stream will take, or ``mid=None`` when it must add an m-line of that
   kind; the transport asks it to re-offer (LiveKit: ``media_sections_requirement``) and passes the
-  re-offer to ``apply_offer``. Its answers send on the m-lines it offered to receive on.
+  re-offer to ``apply_offer``. Its answers send on the m-lines it offered to receive on. It may join
+  without an offer (``add_participant`` then returns ``Negotiated("", ())``) and send its first
+  offer to ``apply_offer``.
 
 Offered sections with no forwardable codec (or stopped, port 0) are rejected one by one (port 0 in
 the relay's SDP); simulcast video is accepted as one layer (``relay/simulcast.py``).

@@ -109,8 +109,6 @@ class Conference:
                 raise RelayError(
                     f"unknown participant mode {mode!r} (expected 'sfu', 'mcu' or 'sfu_answer_only')"
                 )
-            if mode == "sfu_answer_only" and offer_sdp is None:
-                raise NegotiationError("a participant in mode 'sfu_answer_only' must join with an offer")
             checked = None if offer_sdp is None else self._check(offer_sdp, "offer")
             if mode == "mcu" and self._mcu is None:
                 self._mcu = ConferenceMcu(
@@ -136,6 +134,8 @@ class Conference:
             try:
                 if checked is not None:
                     result = await self._answer(p, checked, stream_purposes)
+                elif p.answer_only:
+                    result = Negotiated("", ())  # its first offer will come to apply_offer
                 else:
                     result = await self._offer(p, initial=True)
             except BaseException:
