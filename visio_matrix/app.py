@@ -28,6 +28,7 @@ from visio_matrix.calls.todevice import ToDeviceCalls
 from visio_matrix.clock import Clock, SystemClock
 from visio_matrix.config import Config
 from visio_matrix.crypto.bot_device import BotDevice
+from visio_matrix.focus.livekit_signaling import LiveKitSignaling, livekit_routes
 from visio_matrix.focus.tokens import TokenService, focus_routes, token_service_from_config
 from visio_matrix.housekeeping import Housekeeping
 from visio_matrix.metrics import Metrics
@@ -59,6 +60,7 @@ class Service:
         self._todevice: ToDeviceCalls | None = None
         self._tokens: TokenService | None = None
         self._dm: DmCalls | None = None
+        self._signaling: LiveKitSignaling | None = None
         self._runner: web.AppRunner | None = None
         self._housekeeping: Housekeeping | None = None
         self.ping_result: PingResult | None = None
@@ -169,10 +171,16 @@ class Service:
                 self._tokens = token_service_from_config(
                     cfg, self._store, BotRoomAccess(self._device), self.clock
                 )
+                # Registers itself as a hub listener: LiveKit clients see everyone in the room's call.
+                self._signaling = LiveKitSignaling(self._hub, cfg.focus.signing_keys(), self.clock)
             app = web.Application(middlewares=[matrix_errors_middleware])
             app.add_routes(build_routes(processor, cfg.appservice.hs_token))
             if self._tokens is not None:
                 app.add_routes(focus_routes(self._tokens))
+            if self._signaling is not None:
+                app.add_routes(livekit_routes(self._signaling))
+                # Open WebSockets would otherwise hold runner.cleanup() until aiohttp's timeout.
+                app.on_shutdown.append(self._signaling.on_app_shutdown)
             app.add_routes(
                 [web.get("/health/live", self._live), web.get("/health/ready", self._ready)]
                 + ([web.get("/metrics", self._metrics_route)] if cfg.metrics.enabled else [])
@@ -191,6 +199,9 @@ class Service:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._signaling is not None:
+            await self._signaling.close()
+            self._signaling = None
         if self._tokens is not None:
             await self._tokens.close()
             self._tokens = None

@@ -115,9 +115,9 @@
     room.on(E.Disconnected, (reason) => note("lk-disconnected", { reason: reason === undefined ? null : reason }));
     room.on(E.ParticipantConnected, (p) => note("lk-participant", { identity: p.identity }));
     room.on(E.TrackSubscribed, (track, pub, p) => {
-      const entry = { identity: p.identity, kind: track.kind, track, firstFrameAt: null };
-      lk.remote.set(pub.trackSid, entry);
       const el = attach(track);
+      const entry = { identity: p.identity, kind: track.kind, track, el, firstFrameAt: null };
+      lk.remote.set(pub.trackSid, entry);
       track.attach(el);
       if (track.kind === "video" && el.requestVideoFrameCallback) {
         // When the first decoded frame reaches the page (join-time measurement).
@@ -241,6 +241,25 @@
     };
   }
 
+  // Mean [r, g, b] of the centre half of the video currently shown for `identity` (null if none).
+  function lkVideoColor(identity) {
+    for (const r of lk ? lk.remote.values() : []) {
+      if (r.identity !== identity || r.kind !== "video" || !r.el.videoWidth) continue;
+      const w = r.el.videoWidth, h = r.el.videoHeight;
+      const canvas = document.createElement("canvas");
+      canvas.width = w;
+      canvas.height = h;
+      const ctx = canvas.getContext("2d");
+      ctx.drawImage(r.el, 0, 0, w, h);
+      const data = ctx.getImageData(Math.floor(w / 4), Math.floor(h / 4), Math.floor(w / 2), Math.floor(h / 2)).data;
+      const sum = [0, 0, 0];
+      for (let i = 0; i < data.length; i += 4) for (let c = 0; c < 3; c++) sum[c] += data[i + c];
+      const n = data.length / 4;
+      return sum.map((v) => v / n);
+    }
+    return null;
+  }
+
   async function lkDisconnect() {
     if (lk) await lk.room.disconnect();
   }
@@ -256,6 +275,7 @@
     lkConnect,
     lkJoin,
     lkStats,
+    lkVideoColor,
     lkDisconnect,
   };
 })();

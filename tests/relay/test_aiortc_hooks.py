@@ -91,6 +91,64 @@ async def test_private_attributes_exist_on_fresh_objects() -> None:
         await pc.close()
 
 
+async def test_hooks_for_offered_sections_simulcast_and_mid_routing() -> None:
+    """pin_codecs, offer_direction, add_header_extensions, sender_started, route_rtp_by_mid, RTX by RID."""
+    from aiortc.rtcpeerconnection import filter_preferred_codecs
+    from aiortc.rtp import HeaderExtensions
+
+    assert params(filter_preferred_codecs) == ["codecs", "preferred"]
+    offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        offerer.addTransceiver("video", direction="recvonly")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        [t] = answerer.getTransceivers()
+        assert hooks.offer_direction(t) == "sendonly" and not hooks.sender_started(t.sender)
+        vp8 = [
+            c
+            for c in RTCRtpSender.getCapabilities("video").codecs
+            if c.mimeType in ("video/VP8", "video/rtx")
+        ]
+        assert hooks.pin_codecs(t, vp8)
+        assert [c.mimeType for c in t._codecs] == ["video/VP8", "video/rtx"] and t._preferred_codecs == vp8
+        opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/opus"]
+        assert not hooks.pin_codecs(t, opus) and len(t._codecs) == 2  # nothing in common: unchanged
+        hooks.add_header_extensions(t, [(10, "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id")])
+        hooks.add_header_extensions(t, [(10, "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id")])
+        assert [e.id for e in t._headerExtensions].count(10) == 1
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        assert "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id" in answerer.localDescription.sdp
+
+        hooks.route_rtp_by_mid(answerer)
+        hooks.route_rtp_by_mid(answerer)  # idempotent
+        router = t.receiver.transport._rtp_router
+        receiver = t.receiver
+        router.register_receiver(receiver, ssrcs=[], payload_types=[96], mid="0")
+        router.register_receiver(object(), ssrcs=[], payload_types=[96], mid="1")  # type: ignore[arg-type]
+        packet = RtpPacket(payload_type=96, ssrc=1234)
+        assert router.route_rtp(packet) is None  # two receivers share the PT, no mid: dropped
+        packet.extensions = HeaderExtensions(mid="0")
+        assert router.route_rtp(packet) is receiver and router.ssrc_table[1234] is receiver
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+def test_rtx_of_a_simulcast_layer_is_paired_by_its_rid() -> None:
+    from aiortc.rtp import HeaderExtensions
+
+    media = RtpPacket(ssrc=1)
+    media.extensions = HeaderExtensions(rtp_stream_id="f")
+    rid_ssrc: dict[str, int] = {"f": 1, "h": 2}
+    rtx = RtpPacket(ssrc=9)
+    rtx.extensions = HeaderExtensions(repaired_rtp_stream_id="f")
+    assert hooks._pair_rtx(rtx, rid_ssrc) == 1
+    assert hooks._pair_rtx(RtpPacket(ssrc=9), rid_ssrc) is None  # no repaired RID, two layers
+    assert hooks._pair_rtx(RtpPacket(ssrc=9), {"f": 1}) == 1  # one layer accepted: its stream
+    assert hooks._pair_rtx(RtpPacket(ssrc=9), {}) is None
+
+
 async def test_record_sent_and_rtt_use_the_sender_report_counters() -> None:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:

@@ -268,3 +268,35 @@ async def test_restart_makes_present_participants_restorable(store: Store) -> No
     ]
     assert again.hub.take_restorable("todevice") == []  # handed out once
     await again.hub.stop()
+
+
+async def test_tracks_published_while_joining_are_not_lost(store: Store) -> None:
+    """The relay reports a newcomer's tracks before add_participant returns: the hub keeps them."""
+    s = Setup(store, Members("@alice:hs"))
+    await s.hub.start()
+    record = await s.hub.start_conference(ROOM, "@alice:hs")
+    await s.hub.join(ROOM, Identity("@alice:hs", "A0"), Link(), transport="todevice", offer_sdp="o")
+    conference = s.relay.conferences[record.conference_id]
+    original = conference.add_participant
+
+    async def publishing_add(participant_id: str, **kwargs: object) -> Negotiated:
+        track = PublishedTrack(participant_id, "t9", "s9", "audio", "audio/opus", "m.usermedia", None, None)
+        await s.events.put(TrackPublished(record.conference_id, track))
+        await asyncio.sleep(0.1)  # the relay offers to the others meanwhile: the pump runs
+        return await original(participant_id, **kwargs)  # type: ignore[arg-type]
+
+    conference.add_participant = publishing_add  # type: ignore[method-assign]
+    joined = await s.hub.join(ROOM, Identity("@alice:hs", "A1"), Link(), transport="todevice", offer_sdp="o")
+    await settle()
+    tracks = s.hub.published_tracks(ROOM)
+    assert [(t.track_id, v.participant_id) for t, v in tracks] == [("t9", joined.participant_id)]
+    added = s.recorder.of(TrackAdded)
+    joined_at = next(
+        i
+        for i, e in enumerate(s.recorder.events)
+        if isinstance(e, ParticipantJoined) and e.participant.participant_id == joined.participant_id
+    )  # type: ignore[union-attr]
+    assert (
+        len(added) == 1 and s.recorder.events.index(added[0]) > joined_at
+    )  # announced after the participant
+    await s.hub.stop()

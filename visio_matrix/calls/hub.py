@@ -178,6 +178,7 @@ class ConferenceHub:
         self._outbox_tasks = TaskOwner("conference-hub-outboxes")
         self._create_lock = asyncio.Lock()
         self._restorable: list[tuple[ConferenceRecord, ParticipantRecord]] = []
+        self._joining: dict[str, list[RelayEvent]] = {}  # participant id -> events held during join
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -328,6 +329,9 @@ class ConferenceHub:
             ]:
                 await self._remove(room, old.view.participant_id, RemovalReason.REPLACED, notify=True)
             pid = new_participant_id()
+            # The relay emits events for this participant (its tracks) while add_participant runs:
+            # they wait here until it is registered, then are handled in order.
+            self._joining[pid] = []
             try:
                 negotiated = await room.relay.add_participant(
                     pid,
@@ -337,7 +341,11 @@ class ConferenceHub:
                     stream_purposes=stream_purposes,
                 )
             except RelayError as exc:
+                self._joining.pop(pid, None)
                 raise HubError("bad_sdp", f"The call could not be set up: {exc}") from exc
+            except BaseException:
+                self._joining.pop(pid, None)
+                raise
             now = self._clock.wall_ms()
             view = ParticipantView(pid, room.record.conference_id, room_id, identity, transport, now, False)
             room.participants[pid] = _Participant(view, link, _Outbox(pid, self._outbox_tasks))
@@ -360,6 +368,8 @@ class ConferenceHub:
             pid,
         )
         await self._emit(ParticipantJoined(room_id, room.record.conference_id, view))
+        for event in self._joining.pop(pid, []):
+            await self._on_relay_event(event)
         return Joined(pid, room.record.conference_id, room_id, negotiated)
 
     def _room_of(self, participant_id: str) -> _Room:
@@ -488,6 +498,12 @@ class ConferenceHub:
                 log.exception("error handling relay event %s", type(event).__name__)
 
     async def _on_relay_event(self, event: RelayEvent) -> None:
+        about = event.track.participant_id if isinstance(event, (TrackPublished, TrackUnpublished)) else None
+        if isinstance(event, (NegotiationNeeded, ParticipantConnected, ParticipantFailed, ParticipantLeft)):
+            about = event.participant_id
+        if about is not None and about in self._joining:
+            self._joining[about].append(event)
+            return
         room_id = self._by_conference.get(event.conference_id)
         room = self._rooms.get(room_id) if room_id else None
         if room is None:

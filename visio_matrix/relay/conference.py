@@ -295,10 +295,10 @@ class Conference:
             raise translate_error(exc) from exc
         hooks.route_rtp_by_mid(p.pc)
         self._apply_rejections(p, offer)
-        for simulcast in offer.simulcast:
-            t = next((t for t in p.pc.getTransceivers() if t.mid == simulcast.mid), None)
+        for mid, extensions in offer.rid_extensions:
+            t = next((t for t in p.pc.getTransceivers() if t.mid == mid), None)
             if t is not None:
-                hooks.add_header_extensions(t, list(simulcast.extensions))
+                hooks.add_header_extensions(t, list(extensions))
         if purposes:
             p.stream_purposes.update(purposes)
         if p.mode == "mcu" and not p.mix_transceivers and self._mcu is not None:

@@ -12,13 +12,13 @@ noted (``simulcast``) so the relay can accept one layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiortc import sdp as aiortc_sdp
 
 from .errors import InvalidSdpError, UnsupportedCodecError
 from .sdp_sections import RejectedSection, SdpText, rejection_for, stand_in, transport_lines
-from .simulcast import SimulcastOffer, parse_simulcast
+from .simulcast import SimulcastOffer, parse_simulcast, rid_extensions
 
 FORWARDABLE = {"audio": ("audio/opus",), "video": ("video/vp8", "video/h264")}
 FINGERPRINT_ALGORITHMS = ("sha-1", "sha-224", "sha-256", "sha-384", "sha-512")
@@ -32,6 +32,8 @@ class CheckedSdp:
     sdp: str  # for aiortc: codecs filtered, rejected sections replaced by inactive stand-ins
     rejected: tuple[RejectedSection, ...] = ()
     simulcast: tuple[SimulcastOffer, ...] = ()
+    # (mid, RID header extensions) of every video section offering them: negotiated there too.
+    rid_extensions: tuple[tuple[str, tuple[tuple[int, str], ...]], ...] = ()
 
 
 def check_remote_sdp(sdp: str, sdp_type: str, *, max_bytes: int, max_sections: int) -> CheckedSdp:
@@ -100,7 +102,7 @@ def check_remote_sdp(sdp: str, sdp_type: str, *, max_bytes: int, max_sections: i
     if sdp_type == "offer" and rejected and not kinds:
         raise UnsupportedCodecError("; ".join(rejected[i] for i in sorted(rejected)))
     if not drop and not rejected:
-        return CheckedSdp(sdp, (), parse_simulcast(SdpText.parse(sdp)) if sdp_type == "offer" else ())
+        return _noted(CheckedSdp(sdp), SdpText.parse(sdp), sdp_type)
     return _rewrite(sdp, sdp_type, drop, rejected)
 
 
@@ -122,8 +124,13 @@ def _rewrite(sdp: str, sdp_type: str, drop: dict[int, set[int]], reasons: dict[i
         else:
             sections.append(list(section))
     filtered = text.replace(sections)
-    simulcast = parse_simulcast(filtered) if sdp_type == "offer" else ()
-    return CheckedSdp(str(filtered), tuple(rejected), simulcast)
+    return _noted(CheckedSdp(str(filtered), tuple(rejected)), filtered, sdp_type)
+
+
+def _noted(checked: CheckedSdp, text: SdpText, sdp_type: str) -> CheckedSdp:
+    if sdp_type != "offer":
+        return checked
+    return replace(checked, simulcast=parse_simulcast(text), rid_extensions=rid_extensions(text))
 
 
 def _inactive(section: tuple[str, ...], transport: tuple[str, ...]) -> list[str]:

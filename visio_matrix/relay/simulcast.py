@@ -7,6 +7,11 @@ drops the RID extensions and Chrome then refuses the answer. The relay forwards 
 answer echoes the two RID extensions and accepts exactly one RID (``a=rid:<rid> recv``,
 ``a=simulcast:recv <rid>``), so the browser sends that layer only.
 
+The RID extensions are accepted on *every* video section that offers them, simulcast or not:
+livekit-client may later publish a simulcast camera on an m-line first negotiated to receive, and
+Chrome refuses its own offer then ("negotiates simulcast but does not negotiate the RID RTP header
+extension") unless the extensions were negotiated on that m-line before.
+
 Which layer: livekit-client names its layers ``q``, ``h``, ``f`` (quarter, half, full resolution,
 listed low to high); when every offered RID is one of those the highest offered is chosen. Otherwise
 the first RID listed in ``a=simulcast`` (RFC 8853 lists them in order of preference).
@@ -54,6 +59,17 @@ def parse_simulcast(text: SdpText) -> tuple[SimulcastOffer, ...]:
         if mid is None or not rids or not any(uri == RID_URI for _, uri in extensions):
             continue
         found.append(SimulcastOffer(mid, rids, choose_rid(rids), extensions))
+    return tuple(found)
+
+
+def rid_extensions(text: SdpText) -> tuple[tuple[str, tuple[tuple[int, str], ...]], ...]:
+    """(mid, RID header extensions offered) for every video section that offers them."""
+    found = []
+    for section in text.sections:
+        mid = section_mid(section)
+        extensions = _rid_extensions(section)
+        if section_kind(section) == "video" and section_port(section) != "0" and mid and extensions:
+            found.append((mid, extensions))
     return tuple(found)
 
 
