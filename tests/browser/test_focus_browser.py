@@ -6,8 +6,11 @@ running livekit-client 2.23 from npm. Each page gets a Matrix OpenID token (issu
 user who is a member of a real room with the bot), asks the token service for a LiveKit token
 itself (cross-origin `POST /sfu/get`, like Element Call), connects to our `/rtc/v1`, publishes
 its fake camera + microphone, and must decode the other's video and receive its audio - also with
-livekit-client's end-to-end encryption on. Forged and expired LiveKit tokens are refused by the
-signaling endpoint with a clear error that livekit-client reports.
+livekit-client's end-to-end encryption on (and, as a control, a page with another key receives
+the packets but decodes nothing and reports decryption errors). Forged, tampered and expired
+LiveKit tokens are refused by the signaling endpoint with a clear error that livekit-client
+reports. A browser participant and a Python participant of the reference client (Matrix-native,
+Olm-encrypted to-device signaling with the bot) exchange media in one conference.
 """
 
 from __future__ import annotations
@@ -318,6 +321,11 @@ async def test_browser_and_matrix_native_python_participant(
     the browser shows bob's green picture and knows him by his LiveKit-style identity."""
     alice, bob = call_room.users
     await alice.send_text(call_room.room_id, "!visio start")
+    await alice.wait_for_message(
+        call_room.room_id,
+        lambda m: m.sender == service.bot_user_id and (m.body or "").startswith("📞 Call started"),
+        timeout=30,
+    )
     bob_client = ConferenceClient(
         bob.client,
         call_room.room_id,
@@ -325,8 +333,8 @@ async def test_browser_and_matrix_native_python_participant(
         peer_connection_factory=loopback_pc,
         join_timeout=30,
     )
-    received = Received("video")
-    reader: asyncio.Task[None] | None = None
+    received = {"video": Received("video"), "audio": Received("audio")}
+    readers: list[asyncio.Task[None]] = []
     try:
         await bob_client.join([ToneAudioTrack(1000.0), ColorVideoTrack(BOB_GREEN)])
         page = await pages(page_url(harness_url), "alice")
@@ -342,20 +350,20 @@ async def test_browser_and_matrix_native_python_participant(
             assert time.monotonic() < deadline, f"alice's page shows {color} for bob, expected {BOB_GREEN}"
             await asyncio.sleep(0.25)
 
-        # Bob receives alice's camera and microphone, named with her Matrix user and device.
+        # Bob decodes alice's camera and microphone, named with her Matrix user and device.
         for kind in ("video", "audio"):
             remote = await bob_client.wait_for_track(alice.user_id, kind, timeout=30)
             assert remote.device_id == alice.device_id
-        video = await bob_client.wait_for_track(alice.user_id, "video", timeout=30)
-        reader = asyncio.create_task(_count_frames(video.track, received))
+            readers.append(asyncio.create_task(_count_frames(remote.track, received[kind])))
         deadline = time.monotonic() + MEDIA_TIMEOUT
-        while received.frames < 10:
-            assert time.monotonic() < deadline, f"bob decoded {received.frames} frames of alice's video"
+        while received["video"].frames < 10 or received["audio"].frames < 50:
+            counts = {kind: r.frames for kind, r in received.items()}
+            assert time.monotonic() < deadline, f"bob decoded only {counts} frames from alice"
             await asyncio.sleep(0.2)
         transports = {p.identity.user_id: p.transport for p in service.hub.participants(call_room.room_id)}
         assert transports == {alice.user_id: "livekit", bob.user_id: "todevice"}
     finally:
-        if reader is not None:
+        for reader in readers:
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        await asyncio.gather(*readers, return_exceptions=True)
         await bob_client.leave()

@@ -26,6 +26,7 @@ from visio_matrix.metrics import Metrics
 from visio_matrix.relay.api import (
     Negotiated,
     NegotiationNeeded,
+    ParticipantConnected,
     ParticipantFailed,
     PublishedTrack,
     RelayEvent,
@@ -204,6 +205,11 @@ async def test_member_leaving_the_room_is_dropped_and_the_empty_call_ends(store:
     await s.hub.join(ROOM, Identity("@alice:hs", "A"), alice, transport="todevice", offer_sdp="o")
     s.clock.advance(1)
     await s.hub.join(ROOM, Identity("@bob:hs", "B"), bob, transport="dm", offer_sdp="o", mode="mcu")
+    record = await store.get_active_conference(ROOM)
+    assert record is not None
+    for p in s.hub.participants(ROOM):
+        await s.events.put(ParticipantConnected(record.conference_id, p.participant_id))
+    await settle()
     await s.hub.on_membership(ROOM, "@bob:hs", "join")  # still a member: nothing happens
     assert len(s.hub.participants(ROOM)) == 2
     await s.hub.on_membership(ROOM, "@bob:hs", "leave")
@@ -299,4 +305,17 @@ async def test_tracks_published_while_joining_are_not_lost(store: Store) -> None
     assert (
         len(added) == 1 and s.recorder.events.index(added[0]) > joined_at
     )  # announced after the participant
+    await s.hub.stop()
+
+
+async def test_a_call_nobody_was_really_in_does_not_end_by_itself(store: Store) -> None:
+    """A declined ring (joined, never connected, then gone) leaves a started call running."""
+    s = Setup(store, Members("@alice:hs"))
+    await s.hub.start()
+    await s.hub.start_conference(ROOM, "@alice:hs")
+    ring = await s.hub.join(ROOM, Identity("@alice:hs", "dm:1"), Link(), transport="dm", mode="mcu")
+    await s.hub.leave(ring.participant_id)
+    await settle()
+    assert await store.get_active_conference(ROOM) is not None
+    assert s.recorder.of(ConferenceEnded) == []
     await s.hub.stop()

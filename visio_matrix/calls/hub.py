@@ -148,6 +148,9 @@ class _Room:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     participants: dict[str, _Participant] = field(default_factory=dict)
     tracks: dict[str, PublishedTrack] = field(default_factory=dict)  # relay track id -> track
+    # Only a call someone was really in ends by itself when it empties: a declined ring or a failed
+    # first join leaves a freshly started call running.
+    ever_connected: bool = False
 
 
 class ConferenceHub:
@@ -482,7 +485,12 @@ class ConferenceHub:
         await self._emit(ParticipantRemoved(room.room_id, room.record.conference_id, p.view, reason))
 
     async def _end_if_empty(self, room: _Room) -> None:
-        if not self._end_when_empty or room.participants or self._rooms.get(room.room_id) is not room:
+        if (
+            not self._end_when_empty
+            or not room.ever_connected
+            or room.participants
+            or self._rooms.get(room.room_id) is not room
+        ):
             return
         log.info("last participant left the call in %s: ending it", room.room_id)
         await self._finish(room.record, "")
@@ -531,6 +539,7 @@ class ConferenceHub:
             p.outbox.put(lambda: p.link.send_offer(negotiated))
         elif isinstance(event, ParticipantConnected):
             p.view = replace(p.view, connected=True)
+            room.ever_connected = True
             await self._emit(ParticipantConnectedEvent(room.room_id, room.record.conference_id, p.view))
         elif isinstance(event, (ParticipantFailed, ParticipantLeft)):
             reason = (
