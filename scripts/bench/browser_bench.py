@@ -12,8 +12,10 @@ does both).
    page (`requestVideoFrameCallback`), with its parts (token, connect + publish). Median over runs.
 2. Relay CPU: K browser participants publish (fake camera + microphone) and receive each other;
    over a window this process's CPU time (`time.process_time`: every thread; Synapse and Chromium
-   are other processes; the idle Playwright client is included) is divided by the RTP packets the
-   relay sent (conference stats `packets_out`). Prints microseconds per forwarded packet.
+   are other processes) is divided by the RTP packets the relay sent (conference stats
+   `packets_out`). Prints microseconds per forwarded packet. The figure is an upper bound for the
+   relay: it also holds the rest of the service (bot sync, signaling pings) and the test users'
+   idle sync loops and Playwright client, which run in this process too.
 
 Prints a summary and one JSON line at the end.
 """
@@ -23,11 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +134,16 @@ async def measure_joins(
     return results
 
 
+def decoding_all(identities: set[str]) -> Callable[[dict[str, Any]], bool]:
+    """Poll predicate: video frames decoded from every one of `identities`."""
+
+    def done(stats: dict[str, Any]) -> bool:
+        remote = stats["remote"]
+        return all((remote.get(i) or {}).get("video", {}).get("framesDecoded", 0) > 0 for i in identities)
+
+    return done
+
+
 async def measure_cpu(
     browser: Any, base: str, service: Service, users: list[MatrixUser], room_id: str, seconds: float
 ) -> dict[str, float]:
@@ -139,14 +153,7 @@ async def measure_cpu(
             await join(page, service, user, room_id)
         others = {identity(u) for u in users}
         for page, user in zip(pages, users, strict=True):
-            want = others - {identity(user)}
-            await page.poll(
-                "lkStats",
-                lambda s, want=want: all(
-                    (s["remote"].get(o) or {}).get("video", {}).get("framesDecoded", 0) > 0 for o in want
-                ),
-                timeout=60,
-            )
+            await page.poll("lkStats", decoding_all(others - {identity(user)}), timeout=60)
         await asyncio.sleep(3)  # warm-up: bandwidth estimation ramps the browsers' bitrate up
         conference_id = service.hub.participants(room_id)[0].conference_id
         conference = service.relay.conference(conference_id)
@@ -255,6 +262,8 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=3, help="browser publishers for the CPU figure")
     parser.add_argument("--seconds", type=float, default=10.0, help="CPU measurement window")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("nio").setLevel(logging.ERROR)  # "Missing session for device ...": test users' noise
     if args.runs < 1 or args.publishers < 2:
         parser.error("need --runs >= 1 and --publishers >= 2")
     asyncio.run(main_async(args))

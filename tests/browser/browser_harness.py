@@ -95,6 +95,7 @@ def page_url(base_url: str, prefix: str = "/harness") -> str:
 @pytest_asyncio.fixture
 async def harness_url() -> AsyncIterator[str]:
     """Base URL (http://127.0.0.1:PORT) of an aiohttp server serving only the harness routes."""
+    require_browser()
     app = web.Application()
     app.add_routes(harness_routes())
     server = TestServer(app, host="127.0.0.1")

@@ -35,6 +35,7 @@ from visio_matrix.signaling.conference import (
     parse_conference_message,
     refuse_invite,
 )
+from visio_matrix.signaling.envelope import SUPPORTS_KEY, deflate, inflate, supports_deflate
 from visio_matrix.signaling.messages import (
     CALL_EVENT_TYPES,
     CallAnswer,
@@ -118,6 +119,7 @@ class _Call:
     participant_id: str = ""
     seq: int = 0
     their_seq: int = -1  # highest seq seen from the participant in this call
+    deflate: bool = False  # the participant reads compressed messages (signaling.envelope)
     awaiting_answer: bool = False  # our offer (invite or negotiate) is unanswered
     ended: bool = False
     extra: dict[str, str] = field(default_factory=dict)
@@ -136,6 +138,10 @@ class _Call:
         )
 
     async def send(self, event_type: str, content: dict[str, Any]) -> None:
+        if event_type in ("m.call.invite", "m.call.answer", "m.call.negotiate"):
+            content[SUPPORTS_KEY] = True
+        if self.deflate:
+            content = deflate(content)
         await self.transport.channel.send(self.user_id, self.device_id, event_type, content)
 
     # ---- ParticipantLink ---------------------------------------------------------------------
@@ -282,10 +288,15 @@ class ToDeviceCalls:
             await self.channel.send_plain(msg.sender, msg.claimed_device, "m.call.hangup", content)
 
     async def _handle(self, key: tuple[str, str], msg: SecureToDevice) -> None:
-        parsed = parse_conference_message(msg.type, msg.content)
+        content = inflate(msg.content)
+        if isinstance(content, SignalingError):
+            await self._bad_message(key, msg, content)
+            return
+        parsed = parse_conference_message(msg.type, content)
         if isinstance(parsed, SignalingError):
             await self._bad_message(key, msg, parsed)
             return
+        deflates = supports_deflate(content)
         m = parsed.message
         dest = parsed.group.dest_session_id
         if dest and dest != self.session_id:
@@ -293,7 +304,7 @@ class ToDeviceCalls:
             log.info("%s from %s %s for an earlier session of the bot: ignored", msg.type, *key)
             return
         if isinstance(m, CallInvite) and parsed.replaces is None:
-            await self._invite(key, parsed)
+            await self._invite(key, parsed, deflates)
             return
         call = self._calls.get(key)
         if call is None or call.call_id != m.call_id:
@@ -305,6 +316,7 @@ class ToDeviceCalls:
             )
             return
         call.their_seq = parsed.group.seq
+        call.deflate = call.deflate or deflates
         if isinstance(m, CallCandidates):
             for c in m.candidates:
                 if isinstance(c, Candidate):
@@ -347,7 +359,7 @@ class ToDeviceCalls:
         )
         await self.channel.send(key[0], key[1], "m.call.hangup", content)
 
-    async def _invite(self, key: tuple[str, str], invite: ConferenceMessage) -> None:
+    async def _invite(self, key: tuple[str, str], invite: ConferenceMessage, deflates: bool) -> None:
         m = invite.message
         assert isinstance(m, CallInvite) and invite.room_id is not None
         current = self._calls.get(key)
@@ -378,6 +390,7 @@ class ToDeviceCalls:
             invite.group.sender_session_id,
             room_id=invite.room_id,
             their_seq=invite.group.seq,
+            deflate=deflates,
         )
         try:
             joined = await self._hub.join(
@@ -392,6 +405,7 @@ class ToDeviceCalls:
                     "party_id": call.their_party_id,
                     "session_id": call.their_session,
                     "room_id": invite.room_id,
+                    "deflate": "1" if deflates else "",
                 },
             )
         except HubError as exc:
@@ -484,6 +498,7 @@ class ToDeviceCalls:
             data.get("party_id", ""),
             data.get("session_id", ""),
             room_id=record.room_id,
+            deflate=data.get("deflate") == "1",
         )
         try:
             joined = await self._hub.join(

@@ -56,6 +56,7 @@ from visio_matrix.signaling.conference import (
     build_conference_negotiate,
     parse_conference_message,
 )
+from visio_matrix.signaling.envelope import SUPPORTS_KEY, deflate, inflate, supports_deflate
 from visio_matrix.signaling.messages import (
     ANSWER,
     CALL_EVENT_TYPES,
@@ -201,6 +202,7 @@ class ConferenceClient:
         self._started = False
         self._left = False  # leave() was called: nothing more, not even a re-invite
         self._hung_up = False  # the current call is over (hangup sent or received)
+        self._bot_deflates = False  # the bot said it reads compressed messages
 
     # ---- public API -----------------------------------------------------------------------------
 
@@ -334,9 +336,14 @@ class ConferenceClient:
             raw = await self._channel.refresh_sender(raw)  # a device that appeared since our key query
         if raw.sender_device != focus.device_id:
             return self._ignore(raw, f"from device {raw.sender_device}, not the bot device {focus.device_id}")
-        parsed = parse_conference_message(raw.type, raw.content)
+        content = inflate(raw.content)
+        if isinstance(content, SignalingError):
+            return self._ignore(raw, f"invalid: {content}")
+        parsed = parse_conference_message(raw.type, content)
         if isinstance(parsed, SignalingError):
             return self._ignore(raw, f"invalid: {parsed}")
+        if supports_deflate(content):
+            self._bot_deflates = True
         group = parsed.group
         if group.dest_session_id and group.dest_session_id != self._session_id:
             return self._ignore(raw, f"for session {group.dest_session_id}, not ours")
@@ -551,6 +558,10 @@ class ConferenceClient:
     async def _send(self, event_type: str, content: dict[str, Any]) -> None:
         focus = self._focus
         assert focus is not None
+        if event_type in (INVITE, ANSWER, NEGOTIATE):
+            content[SUPPORTS_KEY] = True  # we read compressed messages (signaling.envelope)
+        if self._bot_deflates:
+            content = deflate(content)
         try:
             await asyncio.wait_for(
                 self._channel.send(focus.user_id, focus.device_id, event_type, content), self._send_timeout
