@@ -8,8 +8,9 @@ Runs a real Synapse (SQLite) and the real service in this process, with referenc
    p50/p95 over all participants of all runs. Aim: < 1.5 s on loopback.
 2. N participants joining the running call at the same moment (N = 10, 25 by default): join latency
    (``join()`` called -> the bot's answer applied) p50/p95, failures, and the time until each one
-   decodes video from the first participant (only that one is decoded: decoding N-1 streams in N
-   clients of one Python process would measure the test, not the service).
+   decodes video from the first participant. All publish audio, only ``--video-publishers`` (default
+   1) also video: aiortc decodes every video it receives, and N clients decoding N-1 videos each in
+   one Python process on 2 cores measure the test clients, not the service.
 Baseline in the same run: the time one to-device round trip takes through this homeserver (bot ->
 participant -> bot), the floor under any join latency.
 """
@@ -24,6 +25,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from aiortc.mediastreams import MediaStreamTrack
 
 from visio_matrix.app import Service
 from visio_matrix.client.matrix import VisioMatrixClient, login_client
@@ -66,7 +69,7 @@ async def ping_roundtrip(a: VisioMatrixClient, b: VisioMatrixClient, rounds: int
 
 
 async def join_at_once(
-    hs: LocalSynapse, bot: str, room_id: str, users: list[str], root: Path
+    hs: LocalSynapse, bot: str, room_id: str, users: list[str], root: Path, video_publishers: int
 ) -> tuple[list[float], list[float], int]:
     matrix = await asyncio.gather(
         *(
@@ -74,8 +77,12 @@ async def join_at_once(
             for i, u in enumerate(users)
         )
     )
-    tracks = [
-        (ToneAudioTrack(300 + 10 * i), ColorVideoTrack((200, 40 + i * 5 % 200, 40)))
+    # Everyone publishes audio; the first ``video_publishers`` also video. aiortc decodes every video
+    # it receives, so N clients each decoding N-1 videos in this one process would saturate the 2
+    # cores and measure the test clients, not the service.
+    tracks: list[list[MediaStreamTrack]] = [
+        [ToneAudioTrack(300 + 10 * i)]
+        + ([ColorVideoTrack((200, 40 + i * 5 % 200, 40))] if i < video_publishers else [])
         for i in range(len(users))
     ]
     calls = [
@@ -93,7 +100,7 @@ async def join_at_once(
     async def one(i: int) -> None:
         nonlocal failures
         try:
-            await calls[i].join(list(tracks[i]))
+            await calls[i].join(tracks[i])
             joins.append(time.perf_counter() - t0)
             if i == 0:
                 return
@@ -108,9 +115,9 @@ async def join_at_once(
     await asyncio.gather(*(one(i) for i in range(len(users))))
     await asyncio.gather(*(c.leave() for c in calls), return_exceptions=True)
     await probe.close()
-    for audio, video in tracks:
-        audio.stop()
-        video.stop()
+    for published in tracks:
+        for track in published:
+            track.stop()
     await asyncio.gather(*(m.close() for m in matrix), return_exceptions=True)
     return joins, firsts, failures
 
@@ -179,7 +186,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             await owner.send_text(room_id, "!visio start")
             await asyncio.sleep(1.0)
             joins, video, failures = await join_at_once(
-                hs, service.bot_user_id, room_id, users[:n], work / f"n{n}"
+                hs, service.bot_user_id, room_id, users[:n], work / f"n{n}", args.video_publishers
             )
             await owner.send_text(room_id, "!visio stop")
             await asyncio.sleep(1.0)
@@ -211,6 +218,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="three-participant calls to time (default 5)")
     parser.add_argument("--n", type=int, nargs="*", default=[10, 25], help="participants joining at once")
+    parser.add_argument(
+        "--video-publishers", type=int, default=1, help="of the N, how many also publish video (default 1)"
+    )
     args = parser.parse_args()
     import logging
 
