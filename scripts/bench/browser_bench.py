@@ -147,6 +147,11 @@ def decoding_all(identities: set[str]) -> Callable[[dict[str, Any]], bool]:
 async def measure_cpu(
     browser: Any, base: str, service: Service, users: list[MatrixUser], room_id: str, seconds: float
 ) -> dict[str, float]:
+    # Baseline in the same run: this process's CPU with nobody in the call (the service, Synapse
+    # clients' sync loops, the page server): subtracted to get what the media costs.
+    idle0, idle_wall0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    idle_rate = (time.process_time() - idle0) / (time.monotonic() - idle_wall0)
     pages = [await open_page(browser, page_url(base), f"publisher{i}") for i in range(len(users))]
     try:
         for page, user in zip(pages, users, strict=True):
@@ -175,6 +180,10 @@ async def measure_cpu(
         "mbit_out": round((after.bytes_out - before.bytes_out) * 8 / wall / 1e6, 2),
         "cpu_share": round(cpu / wall, 3),
         "cpu_us_per_packet_out": round(cpu * 1e6 / packets_out, 1) if packets_out else float("nan"),
+        "idle_cpu_share": round(idle_rate, 3),
+        "cpu_us_per_packet_out_minus_idle": round(max(0.0, cpu - idle_rate * wall) * 1e6 / packets_out, 1)
+        if packets_out
+        else float("nan"),
     }
 
 
@@ -243,7 +252,9 @@ async def main_async(args: argparse.Namespace) -> None:
     print(
         f"relay: {cpu['packets_out']} packets forwarded in {cpu['seconds']}s ({cpu['mbit_out']} Mbit/s out),"
         f" this process {cpu['cpu_share'] * 100:.0f}% of a core,"
-        f" {cpu['cpu_us_per_packet_out']} us CPU per forwarded packet"
+        f" {cpu['cpu_us_per_packet_out']} us CPU per forwarded packet; idle baseline"
+        f" {cpu['idle_cpu_share'] * 100:.0f}% of a core, so {cpu['cpu_us_per_packet_out_minus_idle']} us"
+        " per packet above idle"
     )
     summary = {
         "chromium_launch_s": round(launch_s, 2),
