@@ -319,3 +319,21 @@ async def test_a_call_nobody_was_really_in_does_not_end_by_itself(store: Store) 
     assert await store.get_active_conference(ROOM) is not None
     assert s.recorder.of(ConferenceEnded) == []
     await s.hub.stop()
+
+
+async def test_session_key_lets_one_device_hold_two_livekit_connections(store: Store) -> None:
+    s = Setup(store, Members("@alice:hs"))
+    await s.hub.start()
+    await s.hub.start_conference(ROOM, "@alice:hs")
+    me = Identity("@alice:hs", "PHONE")
+    subscribe, publish, again = Link(), Link(), Link()
+    await s.hub.join(ROOM, me, subscribe, transport="livekit", offer_sdp="o", session_key="livekit:hashed")
+    await s.hub.join(
+        ROOM, me, publish, transport="livekit", offer_sdp="o", session_key="livekit:@alice:hs:PHONE"
+    )
+    assert len(s.hub.participants(ROOM)) == 2  # different LiveKit identities: both stay
+    await s.hub.join(ROOM, me, again, transport="livekit", offer_sdp="o", session_key="livekit:hashed")
+    await settle()
+    assert subscribe.closed_reasons == [RemovalReason.REPLACED] and publish.closed_reasons == []
+    assert len(s.hub.participants(ROOM)) == 2
+    await s.hub.stop()

@@ -138,6 +138,7 @@ class _Participant:
     view: ParticipantView
     link: ParticipantLink
     outbox: _Outbox
+    key: str  # a new join with the same user and key replaces this one
 
 
 @dataclass
@@ -313,6 +314,7 @@ class ConferenceHub:
         stream_purposes: Mapping[str, str] | None = None,
         start_if_none: bool = False,
         transport_data: Mapping[str, str] | None = None,
+        session_key: str | None = None,
     ) -> Joined:
         if not self._policy.user_allowed(identity.user_id):
             raise HubError(
@@ -324,12 +326,8 @@ class ConferenceHub:
         async with room.lock:
             if self._rooms.get(room_id) is not room:
                 raise HubError("no_conference", "The call in this room just ended.")
-            same = (identity.user_id, identity.device_id)
-            for old in [
-                p
-                for p in room.participants.values()
-                if (p.view.identity.user_id, p.view.identity.device_id) == same
-            ]:
+            key = (identity.user_id, session_key or identity.device_id)
+            for old in [p for p in room.participants.values() if (p.view.identity.user_id, p.key) == key]:
                 await self._remove(room, old.view.participant_id, RemovalReason.REPLACED, notify=True)
             pid = new_participant_id()
             # The relay emits events for this participant (its tracks) while add_participant runs:
@@ -351,7 +349,9 @@ class ConferenceHub:
                 raise
             now = self._clock.wall_ms()
             view = ParticipantView(pid, room.record.conference_id, room_id, identity, transport, now, False)
-            room.participants[pid] = _Participant(view, link, _Outbox(pid, self._outbox_tasks))
+            room.participants[pid] = _Participant(
+                view, link, _Outbox(pid, self._outbox_tasks), session_key or identity.device_id
+            )
             self._where[pid] = room_id
             await self._store.add_participant(
                 pid,

@@ -189,13 +189,16 @@ class HubApi(Protocol):
         stream_purposes: Mapping[str, str] | None = None,
         start_if_none: bool = False,
         transport_data: Mapping[str, str] | None = None,
+        session_key: str | None = None,
     ) -> Joined:
         """Admit ``identity`` into ``room_id``'s conference.
 
         Raises ``HubError`` with code ``not_a_member`` (identity.user_id is not joined to the room),
         ``no_conference`` (no active conference and ``start_if_none`` is False), ``server_not_allowed``,
         ``bad_sdp`` (the relay refused the offer). If the same identity (user and device) is already in,
-        the old participant is removed first (reason ``replaced``). ``transport_data`` is stored with
+        the old participant is removed first (reason ``replaced``); ``session_key`` (default: the
+        device id) narrows that: only a join with the same user and key replaces (a LiveKit client may
+        hold two connections with different LiveKit identities from one device). ``transport_data`` is stored with
         the participant and handed back after a restart (``ConferenceHub.take_restorable``).
         """
         ...

@@ -150,6 +150,8 @@ class LiveKitSignaling:
                 offer_sdp=offer.sdp if offer is not None else None,
                 mode="sfu_answer_only",
                 start_if_none=visio.can_open,
+                # /get_token and /sfu/get identities of one device are two LiveKit participants.
+                session_key=f"livekit:{claims.identity}",
             )
         except HubError as exc:
             status = _HUB_ERRORS.get(exc.code, 500)
