@@ -311,6 +311,19 @@ async def test_hangup_from_the_caller_leaves_the_hub(store: Store) -> None:
     assert w.rooms.events("m.call.hangup") == []  # the caller ended it: nothing to send back
 
 
+async def test_caller_leaving_the_dm_ends_the_call(store: Store) -> None:
+    """Spec "behaviour on room leave": leaving the room counts as a hangup."""
+    w = World(store)
+    await w.conference(ROOM_A)
+    await w.deliver(DM_ALICE, ALICE, "m.call.invite", invite())
+    await w.calls.on_membership(ROOM_A, ALICE, "leave")  # another room: this call goes on
+    await w.calls.on_membership(DM_ALICE, ALICE, "join")
+    assert w.hub.made("leave") == []
+    await w.calls.on_membership(DM_ALICE, ALICE, "leave")
+    assert w.hub.made("leave") == [("leave", "PA_1", RemovalReason.LEFT)]
+    assert w.calls.active_calls() == []
+
+
 async def test_no_conference_rejects_with_a_notice(store: Store) -> None:
     w = World(store)
     await w.deliver(DM_ALICE, ALICE, "m.call.invite", invite())

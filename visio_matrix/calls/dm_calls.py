@@ -483,6 +483,14 @@ class DmCalls:
     ) -> None:
         await self._run(room_id, self._tag(call, self._hangup_actions(call, reason, code, message)))
 
+    async def on_membership(self, room_id: str, user_id: str, membership: str) -> None:
+        """Spec "behaviour on room leave": the caller leaving its DM ends its calls there."""
+        if membership == "join" or user_id == self._io.user_id:
+            return
+        for call_id, live in list(self._calls.items()):
+            if live.dm_room_id == room_id and live.user_id == user_id:
+                await self._end(call_id, f"{user_id} left the DM ({membership})")
+
     async def _end(self, call_id: str, why: str) -> None:
         live = self._calls.pop(call_id, None)
         log.info("DM call %s ended: %s", call_id, why)

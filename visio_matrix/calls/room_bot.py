@@ -55,6 +55,8 @@ class CallEvents(Protocol):
 
     async def on_command(self, event: RoomEvent, command: Command) -> tuple[str, str]: ...
 
+    async def on_membership(self, room_id: str, user_id: str, membership: str) -> None: ...
+
 
 # -- end DM calls (H7) ------------------------------------------------------------------------------
 
@@ -162,9 +164,10 @@ class RoomBot:
             await self._on_own_membership(event)
         elif event.type == "m.room.member" and event.state_key:
             membership = event.content.get("membership")
-            await self._conferences.on_membership(
-                event.room_id, event.state_key, membership if isinstance(membership, str) else "leave"
-            )
+            membership = membership if isinstance(membership, str) else "leave"
+            await self._conferences.on_membership(event.room_id, event.state_key, membership)
+            if self._call_events is not None:
+                await self._call_events.on_membership(event.room_id, event.state_key, membership)
         elif event.type == "m.room.message":
             await self._on_message(event, event.content, encrypted=False)
         elif event.type == "m.room.encrypted":
