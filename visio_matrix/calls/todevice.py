@@ -17,12 +17,12 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from visio_matrix.clock import Clock
-from visio_matrix.crypto.todevice import PlainToDevice, SecureToDevice
+from visio_matrix.crypto.todevice import OutgoingToDevice, PlainToDevice, SecureToDevice, ToDeviceError
 from visio_matrix.relay.api import Negotiated, StreamInfo
 from visio_matrix.signaling.conference import (
     ConferenceMessage,
@@ -85,6 +85,8 @@ class Channel(Protocol):
         self, user_id: str, device_id: str, event_type: str, content: dict[str, Any]
     ) -> None: ...
 
+    async def send_many(self, messages: Sequence[OutgoingToDevice]) -> dict[tuple[str, str], str]: ...
+
 
 class Hub(_HubApi, Protocol):
     def take_restorable(self, transport: Any) -> list[Any]: ...
@@ -142,7 +144,7 @@ class _Call:
             content[SUPPORTS_KEY] = True
         if self.deflate:
             content = deflate(content)
-        await self.transport.channel.send(self.user_id, self.device_id, event_type, content)
+        await self.transport.send(self.user_id, self.device_id, event_type, content)
 
     # ---- ParticipantLink ---------------------------------------------------------------------
 
@@ -176,6 +178,72 @@ class _Call:
         )
 
 
+class _Batcher:
+    """Coalesces the bot's outgoing messages: whatever is queued while one ``PUT /sendToDevice`` is in
+    flight leaves in the next one (one request for many devices instead of one each: a join makes the
+    relay renegotiate with everyone already in). Order per device is kept; each caller learns whether
+    its own message went out."""
+
+    def __init__(self, channel: Channel, tasks: TaskOwner) -> None:
+        self._channel = channel
+        self._tasks = tasks
+        self._pending: list[tuple[OutgoingToDevice, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._running = False
+        self.requests = 0
+        self.messages = 0
+
+    async def send(self, user_id: str, device_id: str, event_type: str, content: dict[str, Any]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((OutgoingToDevice(user_id, device_id, event_type, content), future))
+        self._wake.set()
+        if not self._running:
+            self._running = True
+            self._tasks.spawn(self._run(), "send-batcher")
+        await future
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                batch, self._pending = self._pending, []
+                if batch:
+                    await self._flush(batch)
+        finally:
+            self._running = False
+            for _, future in self._pending:
+                if not future.done():
+                    future.set_exception(ToDeviceError("the service is stopping"))
+            self._pending = []
+
+    async def _flush(self, batch: list[tuple[OutgoingToDevice, asyncio.Future[None]]]) -> None:
+        self.requests += 1
+        self.messages += len(batch)
+        try:
+            failures = await self._channel.send_many([m for m, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1:
+                # One bad message (e.g. M_TOO_LARGE) fails the whole request: send one by one instead.
+                for item in batch:
+                    await self._flush([item])
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(ToDeviceError(str(exc)))
+            return
+        for m, future in batch:
+            if future.done():
+                continue
+            reason = failures.get((m.user_id, m.device_id))
+            if reason is None:
+                future.set_result(None)
+            else:
+                future.set_exception(
+                    ToDeviceError(f"cannot send {m.type} to {m.user_id}/{m.device_id}: {reason}")
+                )
+
+
 class ToDeviceCalls:
     def __init__(
         self,
@@ -195,6 +263,7 @@ class ToDeviceCalls:
         self._calls: dict[tuple[str, str], _Call] = {}
         self._workers: dict[tuple[str, str], asyncio.Queue[Callable[[], Awaitable[None]]]] = {}
         self._tasks = TaskOwner("todevice-calls")
+        self._batcher = _Batcher(channel, self._tasks)
         self.refused = 0
 
     def start(self) -> None:
@@ -208,6 +277,9 @@ class ToDeviceCalls:
         await self._tasks.close()
         self._calls.clear()
         self._workers.clear()
+
+    async def send(self, user_id: str, device_id: str, event_type: str, content: dict[str, Any]) -> None:
+        await self._batcher.send(user_id, device_id, event_type, content)
 
     def forget(self, call: _Call) -> None:
         key = (call.user_id, call.device_id)
@@ -357,7 +429,7 @@ class ToDeviceCalls:
             VisioReason.BAD_REQUEST,
             f"Bad {msg.type}: {error.message}",
         )
-        await self.channel.send(key[0], key[1], "m.call.hangup", content)
+        await self.send(key[0], key[1], "m.call.hangup", content)
 
     async def _invite(self, key: tuple[str, str], invite: ConferenceMessage, deflates: bool) -> None:
         m = invite.message
@@ -378,7 +450,7 @@ class ToDeviceCalls:
                 bot_session_id=self.session_id,
                 visio_reason=VisioReason.CONFERENCE_ENDED,
             )
-            await self.channel.send(key[0], key[1], event_type, content)
+            await self.send(key[0], key[1], event_type, content)
             return
         purposes = {sid: md.purpose for sid, md in (m.stream_metadata or {}).items()}
         call = _Call(
@@ -422,7 +494,7 @@ class ToDeviceCalls:
                 visio_reason=reason,
                 message=str(exc),
             )
-            await self.channel.send(key[0], key[1], event_type, content)
+            await self.send(key[0], key[1], event_type, content)
             return
         self._admit(call, joined)
         try:

@@ -1,0 +1,75 @@
+"""The bot's outgoing to-device batcher: coalescing, per-device failures, a bad message isolated."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from visio_matrix.calls.todevice import _Batcher
+from visio_matrix.crypto.todevice import OutgoingToDevice, ToDeviceError
+from visio_matrix.tasks import TaskOwner
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.requests: list[list[tuple[str, str, str]]] = []
+        self.unreachable: set[str] = set()
+        self.too_large: set[str] = set()
+
+    async def send_many(self, messages: Sequence[OutgoingToDevice]) -> dict[tuple[str, str], str]:
+        self.requests.append([(m.device_id, m.type, m.content["n"]) for m in messages])
+        await asyncio.sleep(0.01)  # the homeserver's reply
+        if any(m.content["n"] in self.too_large for m in messages):
+            raise ToDeviceError("M_TOO_LARGE")
+        return {
+            (m.user_id, m.device_id): "no such device" for m in messages if m.device_id in self.unreachable
+        }
+
+
+async def test_messages_queued_during_a_request_leave_together_in_order() -> None:
+    channel, tasks = FakeChannel(), TaskOwner("t")
+    batcher = _Batcher(channel, tasks)  # type: ignore[arg-type]
+    await asyncio.gather(
+        *(batcher.send("@u:hs", f"D{i % 3}", "m.call.negotiate", {"n": str(i)}) for i in range(9))
+    )
+    assert len(channel.requests) < 9  # coalesced
+    sent = [entry for request in channel.requests for entry in request]
+    for device in ("D0", "D1", "D2"):
+        assert [n for d, _, n in sent if d == device] == sorted(
+            (n for d, _, n in sent if d == device), key=int
+        )
+    assert batcher.messages == 9
+    await tasks.close()
+
+
+async def test_unreachable_device_fails_only_its_own_send() -> None:
+    channel, tasks = FakeChannel(), TaskOwner("t")
+    channel.unreachable.add("GONE")
+    batcher = _Batcher(channel, tasks)  # type: ignore[arg-type]
+    results = await asyncio.gather(
+        batcher.send("@u:hs", "OK", "m.call.answer", {"n": "1"}),
+        batcher.send("@u:hs", "GONE", "m.call.answer", {"n": "2"}),
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert isinstance(results[1], ToDeviceError) and "no such device" in str(results[1])
+    await tasks.close()
+
+
+async def test_a_message_the_homeserver_refuses_does_not_sink_the_others() -> None:
+    channel, tasks = FakeChannel(), TaskOwner("t")
+    channel.too_large.add("big")
+    batcher = _Batcher(channel, tasks)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(batcher.send("@u:hs", "A", "m.call.negotiate", {"n": "0"}))
+    await asyncio.sleep(0)  # the first request is in flight: the next three are queued together
+    rest = await asyncio.gather(
+        batcher.send("@u:hs", "A", "m.call.negotiate", {"n": "1"}),
+        batcher.send("@u:hs", "B", "m.call.negotiate", {"n": "big"}),
+        batcher.send("@u:hs", "C", "m.call.negotiate", {"n": "3"}),
+        return_exceptions=True,
+    )
+    await first
+    assert rest[0] is None and rest[2] is None
+    assert isinstance(rest[1], ToDeviceError)
+    assert ["big"] in [[n for _, _, n in r] for r in channel.requests]  # retried alone after the failure
+    await tasks.close()
