@@ -360,6 +360,8 @@ class Conference:
                     negotiated = await self._offer(q)
                 except Exception:
                     logger.exception("conference %s: renegotiation with %s failed", self.conference_id, q.id)
+                    q.needs_offer = False  # no retry on every reconcile until the failure is handled
+                    q.negotiated_once = False
                     self._tasks.spawn(self._fail(q, "renegotiation failed"), f"fail:{q.id}")
                     continue
                 self._emit(NegotiationNeeded(self.conference_id, q.id, negotiated.sdp, negotiated.streams))
