@@ -18,89 +18,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from browser_harness import HarnessPage, OpenPage, page_url
-from synapse_fixtures import SynapseFactory
+from synapse_fixtures import ServiceStack, SynapseFactory, service_stack
 
 from visio_matrix.app import Service
 from visio_matrix.client import ConferenceClient
-from visio_matrix.config import Config, load_config
-from visio_matrix.devstack.service_files import write_service_files
-from visio_matrix.devstack.synapse import LocalSynapse, free_port
+from visio_matrix.client.media import ColorVideoTrack, Received, ToneAudioTrack
+from visio_matrix.devstack.call_check import loopback_pc
 from visio_matrix.devstack.user import MatrixUser
 from visio_matrix.focus.identity import LEGACY_SLOT_ID, livekit_room_name
 from visio_matrix.focus.jwt import VideoGrants, VisioClaim, issue_token
-from visio_matrix.relay import restrict_ice
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the relay suite's media peers
-from relay.peers import ColorVideoTrack, Received, ToneAudioTrack
 
 pytestmark = [pytest.mark.browser, pytest.mark.synapse]
 
-PASSWORD = "correct horse battery staple"
 MEDIA_TIMEOUT = 40.0
 BOB_GREEN = (20, 230, 20)
 
 
-@dataclass
-class FocusStack:
-    hs: LocalSynapse
-    config_path: Path
-    workdir: Path
-
-    def config(self) -> Config:
-        return load_config(self.config_path)[0]
-
-
-_stack: FocusStack | None = None
-
-
 @pytest_asyncio.fixture
-async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> FocusStack:
+async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> ServiceStack:
     """One Synapse with our registration (and our focus advertised) for the whole session."""
-    global _stack
-    if _stack is None or not _stack.hs.running:
-        workdir = tmp_path_factory.mktemp("visio-focus")
-        client_port, service_port = free_port(), free_port()
-        config_path, registration = write_service_files(
-            workdir,
-            homeserver_url=f"http://127.0.0.1:{client_port}",
-            server_name=f"localhost:{client_port}",
-            port=service_port,
-        )
-        hs = await synapse_factory.start(
-            client_port=client_port,
-            appservice_registration_files=[registration],
-            rtc_focus_url=f"http://127.0.0.1:{service_port}",
-        )
-        _stack = FocusStack(hs, config_path, workdir)
-    return _stack
-
-
-@pytest_asyncio.fixture
-async def service(stack: FocusStack) -> AsyncIterator[Service]:
-    svc = Service(stack.config())
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.stop()
-
-
-async def new_user(stack: FocusStack, prefix: str) -> MatrixUser:
-    user_id = await stack.hs.register_user(f"{prefix}{uuid.uuid4().hex[:6]}", PASSWORD)
-    return await MatrixUser.login(stack.hs.base_url, user_id, PASSWORD, stack.workdir / "users" / user_id)
+    return await service_stack(synapse_factory, tmp_path_factory, "visio-focus", advertise_focus=True)
 
 
 @dataclass
@@ -110,9 +56,9 @@ class CallRoom:
 
 
 @pytest_asyncio.fixture
-async def call_room(stack: FocusStack, service: Service) -> AsyncIterator[CallRoom]:
+async def call_room(stack: ServiceStack, service: Service) -> AsyncIterator[CallRoom]:
     """An encrypted room with the bot and two joined users (alice created it)."""
-    alice, bob = await new_user(stack, "alice"), await new_user(stack, "bob")
+    alice, bob = await stack.new_user("alice"), await stack.new_user("bob")
     try:
         room_id = await alice.create_room("call", invite=[service.bot_user_id, bob.user_id], encrypted=True)
         await bob.join(room_id)
@@ -122,11 +68,6 @@ async def call_room(stack: FocusStack, service: Service) -> AsyncIterator[CallRo
     finally:
         await alice.close()
         await bob.close()
-
-
-def loopback_pc(config: RTCConfiguration) -> RTCPeerConnection:
-    # aioice skips 127.0.0.1; the test service's relay listens there only.
-    return restrict_ice(RTCPeerConnection(config), ["127.0.0.1"])
 
 
 def _close(rgb: list[float], want: tuple[int, int, int], tolerance: float = 40) -> bool:

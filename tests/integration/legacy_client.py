@@ -2,24 +2,24 @@
 
 It stands for an unmodified Matrix client (Element, Tchap) calling in a DM: it deliberately uses
 nothing of ``visio_matrix`` for signaling (no ``visio_matrix.client``, no devstack helpers), so the
-bot is checked against the spec rather than against our own assumptions. Only ``restrict_ice`` is
-borrowed, for media: aioice skips the loopback address the test relay listens on.
+bot is checked against the spec rather than against our own assumptions. Only media helpers are
+borrowed: ``restrict_ice`` (aioice skips the loopback address the test relay listens on) and the
+recognisable tracks of ``visio_matrix.client.media``.
 
 ``LegacyClient`` is an E2EE nio client with its own /sync loop that keeps every timeline event
 (decrypted when it can, retried when a room key arrives late) as a ``SeenEvent``. ``LegacyCall`` is
 one call with real aiortc media: it places a call (invite, candidates with end-of-candidates, answer,
-select_answer) or answers one, answers renegotiations, and hangs up. ``ToneTrack`` / ``ColourTrack``
-make recognisable media; ``MediaSink`` keeps what arrives (audio samples, last video picture).
+select_answer) or answers one, answers renegotiations, and hangs up, sending a tone and a colour
+(``ToneAudioTrack`` / ``ColorVideoTrack``); ``MediaSink`` keeps what arrives (audio samples, last video
+picture).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
 import secrets
 import string
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +34,13 @@ from nio import AsyncClient, AsyncClientConfig, ErrorResponse, MegolmEvent, Room
 from nio.exceptions import EncryptionError
 from nio.store import SqliteStore
 
+from visio_matrix.client.media import ColorVideoTrack, ToneAudioTrack
 from visio_matrix.relay import restrict_ice
 
 log = logging.getLogger(__name__)
 
 MEGOLM = "m.megolm.v1.aes-sha2"
-WIDTH, HEIGHT, FPS = 96, 64, 15
-RATE, PTIME = 48000, 0.02
+RATE = 48000  # of the audio aiortc decodes
 
 
 def _check(response: object, what: str) -> Any:
@@ -55,53 +55,6 @@ def voip_id(length: int = 16) -> str:
 
 
 # ---- media ----------------------------------------------------------------------------------------
-
-
-class ColourTrack(MediaStreamTrack):
-    kind = "video"
-
-    def __init__(self, rgb: tuple[int, int, int]) -> None:
-        super().__init__()
-        image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
-        image[:, :] = rgb
-        self._image = image
-        self._start: float | None = None
-        self._count = 0
-
-    async def recv(self) -> VideoFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self._count / FPS - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        frame = VideoFrame.from_ndarray(self._image, format="rgb24")
-        frame.pts, frame.time_base = int(self._count * 90000 / FPS), fractions.Fraction(1, 90000)
-        self._count += 1
-        return frame
-
-
-class ToneTrack(MediaStreamTrack):
-    kind = "audio"
-
-    def __init__(self, frequency: float) -> None:
-        super().__init__()
-        self._frequency = frequency
-        self._start: float | None = None
-        self._count = 0
-
-    async def recv(self) -> AudioFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self._count * PTIME - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        n = int(RATE * PTIME)
-        t = (np.arange(n) + self._count * n) / RATE
-        wave = (0.3 * 32767 * np.sin(2 * np.pi * self._frequency * t)).astype(np.int16)
-        frame = AudioFrame.from_ndarray(wave.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = RATE, self._count * n, fractions.Fraction(1, RATE)
-        self._count += 1
-        return frame
 
 
 class MediaSink:
@@ -365,8 +318,8 @@ class LegacyCall:
         self.pc = new_peer()
         self.sink = MediaSink()
         self.sink.attach(self.pc)
-        self.pc.addTrack(ToneTrack(tone))
-        self.pc.addTrack(ColourTrack(rgb))
+        self.pc.addTrack(ToneAudioTrack(tone))
+        self.pc.addTrack(ColorVideoTrack(rgb))
         self.remote_party: str | None = None
         self.negotiations = 0
         self._watcher: asyncio.Task[None] | None = None

@@ -13,72 +13,20 @@ its mid first, also in the BUNDLE group); answers are put back in its own order.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-import numpy as np
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame, VideoFrame
+from av import VideoFrame
 from livekit.protocol import models, rtc
 
+from visio_matrix.client.media import HEIGHT, WIDTH
 from visio_matrix.focus.livekit_sdp import encode_join_request
 from visio_matrix.relay import restrict_ice
 from visio_matrix.relay.sdp_sections import SdpText, section_kind, section_mid
-
-WIDTH, HEIGHT, FPS = 96, 64, 15
-
-
-class ColorTrack(MediaStreamTrack):
-    kind = "video"
-
-    def __init__(self, rgb: tuple[int, int, int]) -> None:
-        super().__init__()
-        image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
-        image[:, :] = rgb
-        self._image = image
-        self._start: float | None = None
-        self.count = 0
-
-    async def recv(self) -> VideoFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self.count / FPS - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        frame = VideoFrame.from_ndarray(self._image, format="rgb24")
-        frame.pts = int(self.count * 90000 / FPS)
-        frame.time_base = fractions.Fraction(1, 90000)
-        self.count += 1
-        return frame
-
-
-class ToneTrack(MediaStreamTrack):
-    kind = "audio"
-
-    def __init__(self, frequency: float) -> None:
-        super().__init__()
-        self._frequency = frequency
-        self._start: float | None = None
-        self._count = 0
-
-    async def recv(self) -> AudioFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self._count * 0.02 - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        t = (np.arange(960) + self._count * 960) / 48000
-        wave = (0.3 * 32767 * np.sin(2 * np.pi * self._frequency * t)).astype(np.int16)
-        frame = AudioFrame.from_ndarray(wave.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = 48000
-        frame.pts = self._count * 960
-        frame.time_base = fractions.Fraction(1, 48000)
-        self._count += 1
-        return frame
 
 
 @dataclass
@@ -183,9 +131,9 @@ class LkClient:
                     else:
                         self.participants[info.identity] = info
             elif kind == "track_published":
-                future = self._published.get(response.track_published.cid)
-                if future is not None and not future.done():
-                    future.set_result(response.track_published.track)
+                published = self._published.get(response.track_published.cid)
+                if published is not None and not published.done():
+                    published.set_result(response.track_published.track)
             elif kind == "media_sections_requirement":
                 req = response.media_sections_requirement
                 for _ in range(req.num_audios):

@@ -3,75 +3,25 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from synapse_fixtures import SynapseFactory
+from synapse_fixtures import ServiceStack, SynapseFactory, service_stack
 
 from visio_matrix.app import Service
-from visio_matrix.config import Config, load_config
 from visio_matrix.crypto.cross_signing import verify_json
-from visio_matrix.devstack.service_files import write_service_files
-from visio_matrix.devstack.synapse import LocalSynapse, free_port
 from visio_matrix.devstack.user import MatrixUser, MessageView
 
 pytestmark = pytest.mark.synapse
 
-PASSWORD = "correct horse battery staple"
-
-
-@dataclass
-class Stack:
-    hs: LocalSynapse
-    config_path: Path
-    workdir: Path
-
-    def config(self) -> Config:
-        return load_config(self.config_path)[0]
-
-
-_stack: Stack | None = None
-
 
 @pytest_asyncio.fixture
-async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> ServiceStack:
     """One Synapse with our registration for the whole session (the service runs per test)."""
-    global _stack
-    if _stack is None or not _stack.hs.running:
-        workdir = tmp_path_factory.mktemp("visio")
-        client_port, service_port = free_port(), free_port()
-        config_path, registration = write_service_files(
-            workdir,
-            homeserver_url=f"http://127.0.0.1:{client_port}",
-            server_name=f"localhost:{client_port}",
-            port=service_port,
-            stop_power_level=50,
-        )
-        hs = await synapse_factory.start(
-            client_port=client_port, appservice_registration_files=[registration]
-        )
-        _stack = Stack(hs, config_path, workdir)
-    return _stack
-
-
-@pytest_asyncio.fixture
-async def service(stack: Stack) -> AsyncIterator[Service]:
-    svc = Service(stack.config())
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.stop()
-
-
-async def new_user(stack: Stack, prefix: str) -> MatrixUser:
-    user_id = await stack.hs.register_user(f"{prefix}{uuid.uuid4().hex[:6]}", PASSWORD)
-    return await MatrixUser.login(stack.hs.base_url, user_id, PASSWORD, stack.workdir / "users" / user_id)
+    return await service_stack(synapse_factory, tmp_path_factory, "visio", stop_power_level=50)
 
 
 def bot_reply(start: str) -> Any:
@@ -124,8 +74,8 @@ async def test_spec_error_codes_over_real_http(service: Service) -> None:
             assert resp.status == 200
 
 
-async def test_encrypted_command_gets_encrypted_reply(stack: Stack, service: Service) -> None:
-    alice = await new_user(stack, "alice")
+async def test_encrypted_command_gets_encrypted_reply(stack: ServiceStack, service: Service) -> None:
+    alice = await stack.new_user("alice")
     try:
         room_id = await room_with_bot(alice, service)
         await alice.send_text(room_id, "!visio start")
@@ -148,8 +98,8 @@ async def test_encrypted_command_gets_encrypted_reply(stack: Stack, service: Ser
         await alice.close()
 
 
-async def test_member_without_power_gets_clear_refusal(stack: Stack, service: Service) -> None:
-    alice, bob = await new_user(stack, "alice"), await new_user(stack, "bob")
+async def test_member_without_power_gets_clear_refusal(stack: ServiceStack, service: Service) -> None:
+    alice, bob = await stack.new_user("alice"), await stack.new_user("bob")
     try:
         room_id = await room_with_bot(alice, service)
         await alice.invite(room_id, bob.user_id)
@@ -188,11 +138,11 @@ async def put_transaction(service: Service, txn_id: str, events: list[Any]) -> i
         return resp.status
 
 
-async def test_duplicate_transaction_once_also_after_restart(stack: Stack) -> None:
+async def test_duplicate_transaction_once_also_after_restart(stack: ServiceStack) -> None:
     """A replayed transaction (same txnId) has no second effect, even after the service restarted."""
-    svc = Service(stack.config())
+    svc = stack.service()
     await svc.start()
-    alice = await new_user(stack, "alice")
+    alice = await stack.new_user("alice")
     try:
         room_id = await room_with_bot(alice, svc, encrypted=False)
         txn_id = f"dup-{uuid.uuid4().hex}"
@@ -201,7 +151,7 @@ async def test_duplicate_transaction_once_also_after_restart(stack: Stack) -> No
         await alice.wait_for_message(room_id, bot_reply("📞 Call started"), timeout=30)
         assert await put_transaction(svc, txn_id, events) == 200
         await svc.stop()
-        svc = Service(stack.config())
+        svc = stack.service()
         await svc.start()
         assert await put_transaction(svc, txn_id, events) == 200
         # A marker command after the replays: once its answer is there, any reply to a replay would be too.
@@ -215,8 +165,8 @@ async def test_duplicate_transaction_once_also_after_restart(stack: Stack) -> No
         await svc.stop()
 
 
-async def test_bad_event_among_good_ones(stack: Stack, service: Service) -> None:
-    alice = await new_user(stack, "alice")
+async def test_bad_event_among_good_ones(stack: ServiceStack, service: Service) -> None:
+    alice = await stack.new_user("alice")
     try:
         room_id = await room_with_bot(alice, service, encrypted=False)
         events: list[Any] = [
@@ -249,10 +199,10 @@ async def assert_cross_signed(user: MatrixUser, bot: str, device_id: str, master
     assert verify_json(keys["device_keys"][bot][device_id], bot, ssk)
 
 
-async def test_restarted_bot_keeps_its_device_and_still_decrypts(stack: Stack) -> None:
-    svc = Service(stack.config())
+async def test_restarted_bot_keeps_its_device_and_still_decrypts(stack: ServiceStack) -> None:
+    svc = stack.service()
     await svc.start()
-    alice = await new_user(stack, "alice")
+    alice = await stack.new_user("alice")
     try:
         room_id = await room_with_bot(alice, svc)
         device_before, keys_before = svc.device.device_id, svc.device.identity_keys()
@@ -261,7 +211,7 @@ async def test_restarted_bot_keeps_its_device_and_still_decrypts(stack: Stack) -
         await alice.wait_for_message(room_id, bot_reply("No call in this room"), timeout=30)
         await svc.stop()
 
-        svc = Service(stack.config())
+        svc = stack.service()
         await svc.start()
         assert svc.device.device_id == device_before
         assert svc.device.master_key == master_before
@@ -279,13 +229,13 @@ async def test_restarted_bot_keeps_its_device_and_still_decrypts(stack: Stack) -
         await svc.stop()
 
 
-async def test_invite_refused_when_policy_does_not_allow_the_inviters_server(stack: Stack) -> None:
+async def test_invite_refused_when_policy_does_not_allow_the_inviters_server(stack: ServiceStack) -> None:
     """Same homeserver, but a policy that only admits another ministry: the bot declines the invite."""
     config = stack.config()
     strict = replace(config, policy=replace(config.policy, allowed_servers=("ministry-b.example",)))
     svc = Service(strict)
     await svc.start()
-    alice = await new_user(stack, "alice")
+    alice = await stack.new_user("alice")
     try:
         room_id = await alice.create_room("not for the bot", invite=[svc.bot_user_id], encrypted=True)
         await alice.wait_for_membership(room_id, svc.bot_user_id, "leave", timeout=30)

@@ -11,81 +11,39 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from synapse_fixtures import SynapseFactory
+from synapse_fixtures import PASSWORD, ServiceStack, SynapseFactory, service_stack
 
 from visio_matrix.app import Service
 from visio_matrix.client.matrix import VisioMatrixClient, login_client
 from visio_matrix.client.media import MediaProbe
 from visio_matrix.client.session import CallHungUp, ConferenceClient
-from visio_matrix.config import load_config
 from visio_matrix.crypto.todevice import SecureToDevice
 from visio_matrix.devstack.call_check import ColorVideoTrack, ToneAudioTrack, loopback_pc, run_call
-from visio_matrix.devstack.service_files import write_service_files
-from visio_matrix.devstack.synapse import LocalSynapse, free_port
+from visio_matrix.devstack.synapse import LocalSynapse
 from visio_matrix.devstack.user import MatrixUser, MessageView
 
 pytestmark = [pytest.mark.synapse, pytest.mark.media]
 
-PASSWORD = "correct horse battery staple"
-
-
-class CallStack:
-    def __init__(self, hs: LocalSynapse, config_path: Path, workdir: Path) -> None:
-        self.hs = hs
-        self.config_path = config_path
-        self.workdir = workdir
-
-    def service(self) -> Service:
-        return Service(load_config(self.config_path)[0])
-
-    async def user(self, prefix: str) -> tuple[MatrixUser, str]:
-        user_id = await self.hs.register_user(f"{prefix}{uuid.uuid4().hex[:6]}", PASSWORD)
-        matrix = await MatrixUser.login(self.hs.base_url, user_id, PASSWORD, self.workdir / "users" / user_id)
-        return matrix, user_id
-
-    async def client(self, user_id: str) -> VisioMatrixClient:
-        return await login_client(
-            self.hs.base_url, user_id, PASSWORD, self.workdir / "clients" / f"{user_id}-{time.time_ns()}"
-        )
-
-
-_stack: CallStack | None = None
-
 
 @pytest_asyncio.fixture
-async def calls(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> CallStack:
-    global _stack
-    if _stack is None or not _stack.hs.running:
-        workdir = tmp_path_factory.mktemp("calls")
-        client_port, service_port = free_port(), free_port()
-        config_path, registration = write_service_files(
-            workdir,
-            homeserver_url=f"http://127.0.0.1:{client_port}",
-            server_name=f"localhost:{client_port}",
-            port=service_port,
-        )
-        hs = await synapse_factory.start(
-            client_port=client_port, appservice_registration_files=[registration]
-        )
-        _stack = CallStack(hs, config_path, workdir)
-    return _stack
+async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> ServiceStack:
+    return await service_stack(synapse_factory, tmp_path_factory, "calls")
 
 
-@pytest_asyncio.fixture
-async def service(calls: CallStack) -> AsyncIterator[Service]:
-    svc = calls.service()
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.stop()
+async def user(stack: ServiceStack, prefix: str) -> tuple[MatrixUser, str]:
+    matrix = await stack.new_user(prefix)
+    return matrix, matrix.user_id
+
+
+async def client(stack: ServiceStack, user_id: str) -> VisioMatrixClient:
+    """Another device of ``user_id``, logged in with the reference client library."""
+    return await login_client(
+        stack.hs.base_url, user_id, PASSWORD, stack.workdir / "clients" / f"{user_id}-{time.time_ns()}"
+    )
 
 
 def said(bot: str, prefix: str) -> Any:
@@ -163,20 +121,20 @@ class Joiner:
 
 
 async def test_three_people_get_each_others_media_and_no_sdp_reaches_the_homeserver_in_clear(
-    calls: CallStack, service: Service
+    stack: ServiceStack, service: Service
 ) -> None:
-    alice, alice_id = await calls.user("alice")
-    bob, bob_id = await calls.user("bob")
-    carol, carol_id = await calls.user("carol")
+    alice, alice_id = await user(stack, "alice")
+    bob, bob_id = await user(stack, "bob")
+    carol, carol_id = await user(stack, "carol")
     try:
         room_id = await call_room(alice, service, [bob, carol])
         result = await run_call(
-            calls.hs.base_url,
+            stack.hs.base_url,
             service.bot_user_id,
             room_id,
             alice,
             [(alice_id, PASSWORD), (bob_id, PASSWORD), (carol_id, PASSWORD)],
-            calls.workdir / "call-clients",
+            stack.workdir / "call-clients",
         )
         for report in result.reports:
             others = {alice_id, bob_id, carol_id} - {report.user_id}
@@ -204,16 +162,16 @@ async def test_three_people_get_each_others_media_and_no_sdp_reaches_the_homeser
         for u in (alice, bob, carol):
             await u.close()
     # The homeserver stored the call (encrypted) but no SDP in clear; the same search finds clear text.
-    assert synapse_rows_containing(calls.hs, "call room") > 0  # the room name: stored in clear, found
-    assert synapse_rows_containing(calls.hs, "a=fingerprint") == 0
-    assert synapse_rows_containing(calls.hs, "a=candidate") == 0
-    assert synapse_rows_containing(calls.hs, "a=ice-ufrag") == 0
+    assert synapse_rows_containing(stack.hs, "call room") > 0  # the room name: stored in clear, found
+    assert synapse_rows_containing(stack.hs, "a=fingerprint") == 0
+    assert synapse_rows_containing(stack.hs, "a=candidate") == 0
+    assert synapse_rows_containing(stack.hs, "a=ice-ufrag") == 0
 
 
-async def test_non_member_is_refused_with_a_clear_reason(calls: CallStack, service: Service) -> None:
-    alice, _ = await calls.user("alice")
-    _, mallory_id = await calls.user("mallory")
-    mallory = await calls.client(mallory_id)
+async def test_non_member_is_refused_with_a_clear_reason(stack: ServiceStack, service: Service) -> None:
+    alice, _ = await user(stack, "alice")
+    _, mallory_id = await user(stack, "mallory")
+    mallory = await client(stack, mallory_id)
     joiner = None
     try:
         room_id = await call_room(alice, service, [])
@@ -231,15 +189,15 @@ async def test_non_member_is_refused_with_a_clear_reason(calls: CallStack, servi
         await alice.close()
 
 
-async def test_kicked_member_is_dropped_within_two_seconds(calls: CallStack, service: Service) -> None:
-    alice, alice_id = await calls.user("alice")
-    bob, bob_id = await calls.user("bob")
+async def test_kicked_member_is_dropped_within_two_seconds(stack: ServiceStack, service: Service) -> None:
+    alice, alice_id = await user(stack, "alice")
+    bob, bob_id = await user(stack, "bob")
     a = b = None
     try:
         room_id = await call_room(alice, service, [bob])
         await start_call(alice, service, room_id)
-        a = Joiner(await calls.client(alice_id), room_id, service.bot_user_id, 1)
-        b = Joiner(await calls.client(bob_id), room_id, service.bot_user_id, 2)
+        a = Joiner(await client(stack, alice_id), room_id, service.bot_user_id, 1)
+        b = Joiner(await client(stack, bob_id), room_id, service.bot_user_id, 2)
         await asyncio.gather(a.join(), b.join())
         assert await a.frames_from(bob_id) > 0 and await b.frames_from(alice_id) > 0
         kicked_at = time.monotonic()
@@ -259,19 +217,19 @@ async def test_kicked_member_is_dropped_within_two_seconds(calls: CallStack, ser
 
 
 async def test_hostile_signaling_gets_a_clear_hangup_and_others_keep_their_call(
-    calls: CallStack, service: Service
+    stack: ServiceStack, service: Service
 ) -> None:
-    alice, alice_id = await calls.user("alice")
-    bob, bob_id = await calls.user("bob")
+    alice, alice_id = await user(stack, "alice")
+    bob, bob_id = await user(stack, "bob")
     a = b = None
-    raw = await calls.client(bob_id)  # bob's second device, speaking raw to-device messages
+    raw = await client(stack, bob_id)  # bob's second device, speaking raw to-device messages
     replies: asyncio.Queue[SecureToDevice] = asyncio.Queue()
     raw.to_device.add_handler(replies.put)
     try:
         room_id = await call_room(alice, service, [bob])
         await start_call(alice, service, room_id)
-        a = Joiner(await calls.client(alice_id), room_id, service.bot_user_id, 1)
-        b = Joiner(await calls.client(bob_id), room_id, service.bot_user_id, 2)
+        a = Joiner(await client(stack, alice_id), room_id, service.bot_user_id, 1)
+        b = Joiner(await client(stack, bob_id), room_id, service.bot_user_id, 2)
         await asyncio.gather(a.join(), b.join())
         assert await a.frames_from(bob_id) > 0
         bot_device = service.device.device_id
@@ -320,22 +278,22 @@ async def test_hostile_signaling_gets_a_clear_hangup_and_others_keep_their_call(
         await bob.close()
 
 
-async def test_restart_brings_participants_back_within_five_seconds(calls: CallStack) -> None:
-    alice, alice_id = await calls.user("alice")
-    bob, bob_id = await calls.user("bob")
-    svc = calls.service()
+async def test_restart_brings_participants_back_within_five_seconds(stack: ServiceStack) -> None:
+    alice, alice_id = await user(stack, "alice")
+    bob, bob_id = await user(stack, "bob")
+    svc = stack.service()
     await svc.start()
     a = b = None
     try:
         room_id = await call_room(alice, svc, [bob])
         await start_call(alice, svc, room_id)
-        a = Joiner(await calls.client(alice_id), room_id, svc.bot_user_id, 1)
-        b = Joiner(await calls.client(bob_id), room_id, svc.bot_user_id, 2)
+        a = Joiner(await client(stack, alice_id), room_id, svc.bot_user_id, 1)
+        b = Joiner(await client(stack, bob_id), room_id, svc.bot_user_id, 2)
         await asyncio.gather(a.join(), b.join())
         assert await a.frames_from(bob_id) > 0
         first_calls = (a.call.call_id, b.call.call_id)
         await svc.stop()
-        svc = calls.service()
+        svc = stack.service()
         restarted = time.monotonic()
         await svc.start()
         ready = time.monotonic()

@@ -13,83 +13,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from aiortc import RTCSessionDescription
-from legacy_client import ColourTrack, LegacyCall, LegacyClient, SeenEvent, ToneTrack, new_peer
-from synapse_fixtures import SynapseFactory
+from legacy_client import LegacyCall, LegacyClient, SeenEvent, new_peer
+from synapse_fixtures import PASSWORD, ServiceStack, SynapseFactory, service_stack
 
 from visio_matrix.app import Service
 from visio_matrix.calls.hub_api import Identity, Joined
-from visio_matrix.config import load_config
-from visio_matrix.devstack.service_files import write_service_files
-from visio_matrix.devstack.synapse import LocalSynapse, free_port
+from visio_matrix.client.media import ColorVideoTrack, ToneAudioTrack
 from visio_matrix.devstack.user import MatrixUser
 from visio_matrix.relay.api import Negotiated
 
 pytestmark = [pytest.mark.synapse, pytest.mark.media]
 
-PASSWORD = "correct horse battery staple"
 PUBLISHERS = {"alice": (440.0, (230, 30, 30)), "bob": (1250.0, (30, 220, 30))}
 CAROL = (2500.0, (30, 30, 230))
 
 
-class Stack:
-    def __init__(self, hs: LocalSynapse, config_path: Path, workdir: Path) -> None:
-        self.hs, self.config_path, self.workdir = hs, config_path, workdir
-
-    def service(self) -> Service:
-        return Service(load_config(self.config_path)[0])
-
-    async def register(self, prefix: str) -> str:
-        return await self.hs.register_user(f"{prefix}{uuid.uuid4().hex[:6]}", PASSWORD)
-
-    async def matrix_user(self, prefix: str) -> MatrixUser:
-        user_id = await self.register(prefix)
-        return await MatrixUser.login(self.hs.base_url, user_id, PASSWORD, self.workdir / "users" / user_id)
-
-    async def legacy(self, prefix: str) -> LegacyClient:
-        user_id = await self.register(prefix)
-        return await LegacyClient.login(
-            self.hs.base_url, user_id, PASSWORD, self.workdir / "legacy" / user_id
-        )
-
-
-_stack: Stack | None = None
-
-
 @pytest_asyncio.fixture
-async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> Stack:
-    global _stack
-    if _stack is None or not _stack.hs.running:
-        workdir = tmp_path_factory.mktemp("legacy-dm")
-        client_port, service_port = free_port(), free_port()
-        config_path, registration = write_service_files(
-            workdir,
-            homeserver_url=f"http://127.0.0.1:{client_port}",
-            server_name=f"localhost:{client_port}",
-            port=service_port,
-        )
-        hs = await synapse_factory.start(
-            client_port=client_port, appservice_registration_files=[registration]
-        )
-        _stack = Stack(hs, config_path, workdir)
-    return _stack
+async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> ServiceStack:
+    return await service_stack(synapse_factory, tmp_path_factory, "legacy-dm")
 
 
-@pytest_asyncio.fixture
-async def service(stack: Stack) -> AsyncIterator[Service]:
-    svc = stack.service()
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.stop()
+async def legacy(stack: ServiceStack, prefix: str) -> LegacyClient:
+    """A fresh user on the legacy (spec-only) client."""
+    user_id = await stack.register(prefix)
+    return await LegacyClient.login(stack.hs.base_url, user_id, PASSWORD, stack.workdir / "legacy" / user_id)
 
 
 def bot_said(bot: str, prefix: str) -> Any:
@@ -101,8 +53,8 @@ class Publisher:
 
     def __init__(self, tone: float, rgb: tuple[int, int, int]) -> None:
         self.pc = new_peer()
-        self.pc.addTrack(ToneTrack(tone))
-        self.pc.addTrack(ColourTrack(rgb))
+        self.pc.addTrack(ToneAudioTrack(tone))
+        self.pc.addTrack(ColorVideoTrack(rgb))
         self.joined: Joined | None = None
         self._service: Service | None = None
         self._ready = asyncio.Event()
@@ -136,10 +88,10 @@ class Publisher:
 
 
 async def conference_room(
-    stack: Stack, service: Service, carol: LegacyClient
+    stack: ServiceStack, service: Service, carol: LegacyClient
 ) -> tuple[str, list[MatrixUser], list[Publisher]]:
     """An encrypted room with alice, bob, carol and the bot, a call started, alice and bob publishing."""
-    alice, bob = await stack.matrix_user("alice"), await stack.matrix_user("bob")
+    alice, bob = await stack.new_user("alice"), await stack.new_user("bob")
     room_id = await alice.create_room(
         "legacy call room", invite=[service.bot_user_id, bob.user_id, carol.user_id], encrypted=True
     )
@@ -195,8 +147,10 @@ def from_bot(bot: str, event_type: str, call_id: str | None = None) -> Any:
     return match
 
 
-async def test_legacy_client_calls_the_bot_and_receives_the_mix(stack: Stack, service: Service) -> None:
-    carol = await stack.legacy("carol")
+async def test_legacy_client_calls_the_bot_and_receives_the_mix(
+    stack: ServiceStack, service: Service
+) -> None:
+    carol = await legacy(stack, "carol")
     users: list[MatrixUser] = []
     publishers: list[Publisher] = []
     call: LegacyCall | None = None
@@ -234,8 +188,8 @@ async def test_legacy_client_calls_the_bot_and_receives_the_mix(stack: Stack, se
         await carol.close()
 
 
-async def test_the_bots_ring_answered_by_a_legacy_client(stack: Stack, service: Service) -> None:
-    carol = await stack.legacy("carol")
+async def test_the_bots_ring_answered_by_a_legacy_client(stack: ServiceStack, service: Service) -> None:
+    carol = await legacy(stack, "carol")
     users: list[MatrixUser] = []
     publishers: list[Publisher] = []
     call: LegacyCall | None = None
@@ -268,12 +222,12 @@ async def test_the_bots_ring_answered_by_a_legacy_client(stack: Stack, service: 
 
 
 async def test_invite_expired_while_the_service_was_down_is_ignored(
-    stack: Stack, caplog: pytest.LogCaptureFixture
+    stack: ServiceStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="visio_matrix.calls.dm_calls")
     svc = stack.service()
     await svc.start()
-    carol = await stack.legacy("carol")
+    carol = await legacy(stack, "carol")
     users: list[MatrixUser] = []
     publishers: list[Publisher] = []
     calls: list[LegacyCall] = []

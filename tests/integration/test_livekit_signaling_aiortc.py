@@ -15,10 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 from livekit.protocol import models, rtc
-from lk_test_client import ColorTrack, LkClient, ToneTrack
+from lk_test_client import LkClient
 
 from visio_matrix.calls.hub import ConferenceHub
 from visio_matrix.calls.hub_api import Identity, Joined
+from visio_matrix.client.media import ColorVideoTrack, ToneAudioTrack
 from visio_matrix.clock import SystemClock
 from visio_matrix.config.model import PolicyConfig
 from visio_matrix.focus.identity import livekit_room_name
@@ -127,9 +128,9 @@ async def test_two_livekit_clients_publish_and_receive_each_other(world: World) 
     assert list(join.other_participants) == [] and list(join.ice_servers) == []
     assert {c.mime for c in join.enabled_publish_codecs} >= {"video/VP8", "audio/opus"}
 
-    red = ColorTrack(RED)
+    red = ColorVideoTrack(RED)
     video_info = await alice.publish(red, models.CAMERA, encryption=models.Encryption.GCM)
-    audio_info = await alice.publish(ToneTrack(440), models.MICROPHONE)
+    audio_info = await alice.publish(ToneAudioTrack(440), models.MICROPHONE)
     assert video_info.sid.startswith("TR_") and audio_info.sid.startswith("TR_")
     assert video_info.mime_type == "video/VP8" and video_info.encryption == models.Encryption.GCM
     published = {r.track_published.cid for r in alice.of("track_published")}
@@ -162,7 +163,7 @@ async def test_two_livekit_clients_publish_and_receive_each_other(world: World) 
     assert looks(video_in, RED)
 
     # Bob publishes: alice is told (update), asked to re-offer, and receives him.
-    await bob.publish(ColorTrack(GREEN), models.CAMERA)
+    await bob.publish(ColorVideoTrack(GREEN), models.CAMERA)
     bob_sid = join_b.participant.sid
     await alice.wait_for(lambda: bool(alice.receiving(bob_sid, "video", 10)), 20, "bob's video")
     assert looks(alice.receiving(bob_sid, "video")[0], GREEN)
@@ -195,18 +196,18 @@ async def test_first_offer_after_join_and_three_publishers(world: World) -> None
     # Carol does not put her offer in the join request (livekit-client's Firefox path).
     carol = world.client("carol", token("@carol:hs.test", "CAROL"))
     await carol.connect(offer_with_join=False)
-    await carol.publish(ColorTrack(BLUE), models.CAMERA)
+    await carol.publish(ColorVideoTrack(BLUE), models.CAMERA)
     alice = world.client("alice", token("@alice:hs.test", "A"))
     await alice.connect()
-    await alice.publish(ColorTrack(RED), models.CAMERA)
-    await alice.publish(ColorTrack(GREEN), models.SCREEN_SHARE)
-    await alice.publish(ToneTrack(500), models.MICROPHONE)
+    await alice.publish(ColorVideoTrack(RED), models.CAMERA)
+    await alice.publish(ColorVideoTrack(GREEN), models.SCREEN_SHARE)
+    await alice.publish(ToneAudioTrack(500), models.MICROPHONE)
     # Carol needs 3 more receive m-lines than the 3 + 3 she started with? No: 2 videos + 1 audio fit;
     # then a fourth video from bob needs a new one.
     bob = world.client("bob", token("@bob:hs.test", "B", can_open=False))
     await bob.connect()
-    await bob.publish(ColorTrack((200, 200, 20)), models.CAMERA)
-    await bob.publish(ColorTrack((20, 200, 200)), models.SCREEN_SHARE)
+    await bob.publish(ColorVideoTrack((200, 200, 20)), models.CAMERA)
+    await bob.publish(ColorVideoTrack((20, 200, 200)), models.SCREEN_SHARE)
     alice_sid = alice.join.participant.sid if alice.join else ""
     bob_sid = bob.join.participant.sid if bob.join else ""
     await carol.wait_for(
@@ -309,14 +310,14 @@ async def test_matrix_native_participant_appears_to_livekit_clients(world: World
 
     alice = world.client("alice", token("@alice:hs.test", "A"))
     await alice.connect()
-    await alice.publish(ColorTrack(RED), models.CAMERA)
+    await alice.publish(ColorVideoTrack(RED), models.CAMERA)
 
     pc = restrict_ice(
         RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)),
         ["127.0.0.1"],
     )
-    pc.addTrack(ColorTrack(BLUE))
-    pc.addTrack(ToneTrack(700))
+    pc.addTrack(ColorVideoTrack(BLUE))
+    pc.addTrack(ToneAudioTrack(700))
     link = NativeLink()
     decoded: list[Any] = []  # video frames the native participant decodes (alice's)
 

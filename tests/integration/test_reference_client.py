@@ -12,80 +12,32 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame, VideoFrame
-from synapse_fixtures import SynapseFactory
+from synapse_fixtures import PASSWORD, ServiceStack, SynapseFactory, service_stack
 
 from visio_matrix.app import Service
 from visio_matrix.client import ConferenceClient, RemoteTrack, login_client
-from visio_matrix.config import Config, load_config
-from visio_matrix.devstack.service_files import write_service_files
-from visio_matrix.devstack.synapse import LocalSynapse, free_port
+from visio_matrix.client.media import ColorVideoTrack, Received, ToneAudioTrack
+from visio_matrix.devstack.call_check import loopback_pc
 from visio_matrix.devstack.user import MatrixUser, MessageView
-from visio_matrix.relay import restrict_ice
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the relay suite's media peers
-from relay.peers import ColorVideoTrack, Received, ToneAudioTrack
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the relay suite's frame recorder
+from relay.peers import record_frame
 
 pytestmark = [pytest.mark.synapse, pytest.mark.media]
 
-PASSWORD = "correct horse battery staple"
 COLORS = {"alice": (230, 20, 20), "bob": (20, 230, 20), "carol": (20, 20, 230)}
 TONES = {"alice": 440.0, "bob": 1000.0, "carol": 2500.0}
 
 
-@dataclass
-class Stack:
-    hs: LocalSynapse
-    config_path: Path
-    workdir: Path
-
-    def config(self) -> Config:
-        return load_config(self.config_path)[0]
-
-
-_stack: Stack | None = None
-
-
 @pytest_asyncio.fixture
-async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> Stack:
-    global _stack
-    if _stack is None or not _stack.hs.running:
-        workdir = tmp_path_factory.mktemp("visio-client")
-        client_port, service_port = free_port(), free_port()
-        config_path, registration = write_service_files(
-            workdir,
-            homeserver_url=f"http://127.0.0.1:{client_port}",
-            server_name=f"localhost:{client_port}",
-            port=service_port,
-        )
-        hs = await synapse_factory.start(
-            client_port=client_port, appservice_registration_files=[registration]
-        )
-        _stack = Stack(hs, config_path, workdir)
-    return _stack
-
-
-@pytest_asyncio.fixture
-async def service(stack: Stack) -> AsyncIterator[Service]:
-    svc = Service(stack.config())
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.stop()
-
-
-async def new_user(stack: Stack, prefix: str) -> MatrixUser:
-    user_id = await stack.hs.register_user(f"{prefix}{uuid.uuid4().hex[:6]}", PASSWORD)
-    return await MatrixUser.login(stack.hs.base_url, user_id, PASSWORD, stack.workdir / "users" / user_id)
+async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPathFactory) -> ServiceStack:
+    return await service_stack(synapse_factory, tmp_path_factory, "visio-client")
 
 
 def bot_says(start: str) -> object:
@@ -95,14 +47,11 @@ def bot_says(start: str) -> object:
     return predicate
 
 
-def loopback_pc(config: RTCConfiguration) -> RTCPeerConnection:
-    # aioice skips 127.0.0.1; the relay of the test service listens there only.
-    return restrict_ice(RTCPeerConnection(config), ["127.0.0.1"])
-
-
-async def call_room(stack: Stack, service: Service, names: list[str]) -> tuple[str, dict[str, MatrixUser]]:
+async def call_room(
+    stack: ServiceStack, service: Service, names: list[str]
+) -> tuple[str, dict[str, MatrixUser]]:
     """An encrypted room with the bot and these people, and a call started in it."""
-    users = {name: await new_user(stack, name) for name in names}
+    users = {name: await stack.new_user(name) for name in names}
     owner = users[names[0]]
     room_id = await owner.create_room("call room", invite=[service.bot_user_id])
     await owner.wait_for_membership(room_id, service.bot_user_id, "join", timeout=30)
@@ -125,26 +74,9 @@ class Reader:
         self._task = asyncio.get_running_loop().create_task(self._read(remote.track))
 
     async def _read(self, track: MediaStreamTrack) -> None:
-        record = self.record
         try:
             while True:
-                frame = await track.recv()
-                record.frames += 1
-                if isinstance(frame, VideoFrame):
-                    rgb = frame.to_ndarray(format="rgb24")
-                    h, w = rgb.shape[:2]
-                    center = rgb[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
-                    record.last_rgb = tuple(float(v) for v in center.reshape(-1, 3).mean(axis=0))  # type: ignore[assignment]
-                elif isinstance(frame, AudioFrame):
-                    data = frame.to_ndarray()
-                    channels = len(frame.layout.channels)
-                    mono = (
-                        data.reshape(-1, channels)[:, 0] if data.ndim == 2 and data.shape[0] == 1 else data[0]
-                    )
-                    record.audio.append(mono)
-                    record.audio_rate = frame.sample_rate
-                    if len(record.audio) > 100:
-                        del record.audio[:50]
+                record_frame(self.record, await track.recv(), colour_every=1)
         except MediaStreamError:
             return
 
@@ -208,7 +140,7 @@ async def check_media(
 
 
 async def test_three_clients_receive_each_others_media_with_identities(
-    stack: Stack, service: Service
+    stack: ServiceStack, service: Service
 ) -> None:
     room_id, users = await call_room(stack, service, ["alice", "bob", "carol"])
     # Carol joins from a second device of hers: a client made by the library's own login helper.
@@ -263,8 +195,8 @@ async def test_three_clients_receive_each_others_media_with_identities(
             await user.close()
 
 
-async def test_clients_come_back_after_a_service_restart(stack: Stack) -> None:
-    service = Service(stack.config())
+async def test_clients_come_back_after_a_service_restart(stack: ServiceStack) -> None:
+    service = stack.service()
     await service.start()
     clients: dict[str, ConferenceClient] = {}
     users: dict[str, MatrixUser] = {}
@@ -284,7 +216,7 @@ async def test_clients_come_back_after_a_service_restart(stack: Stack) -> None:
         calls = {name: c.call_id for name, c in clients.items()}
 
         await service.stop()
-        service = Service(stack.config())
+        service = stack.service()
         await service.start()
 
         await wait_until(

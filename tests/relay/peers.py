@@ -1,96 +1,42 @@
-"""Real aiortc test peers for the relay: recognisable media out, decoded and measured media in."""
+"""Real aiortc test peers for the relay: recognisable media out (the tracks of
+``visio_matrix.client.media``), decoded and measured media in."""
 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-import numpy as np
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
+from visio_matrix.client.media import ColorVideoTrack, Received, ToneAudioTrack
 from visio_matrix.relay import Conference, NegotiationNeeded, Relay, restrict_ice
 
-WIDTH, HEIGHT, FPS = 96, 64, 15
-SAMPLE_RATE, AUDIO_PTIME = 48000, 0.02
+__all__ = ["ColorVideoTrack", "Peer", "Received", "Signaling", "ToneAudioTrack", "record_frame"]
 
 
-class ColorVideoTrack(MediaStreamTrack):
-    """Frames of one solid colour, paced at FPS; counts the frames it produced."""
-
-    kind = "video"
-
-    def __init__(self, rgb: tuple[int, int, int]) -> None:
-        super().__init__()
-        image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
-        image[:, :] = rgb
-        self._frame = VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
-        self._start: float | None = None
-        self.count = 0
-
-    async def recv(self) -> VideoFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self.count / FPS
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        frame = VideoFrame.from_ndarray(self._frame.to_ndarray(), format="yuv420p")
-        frame.pts = int(self.count * 90000 / FPS)
-        frame.time_base = fractions.Fraction(1, 90000)
-        self.count += 1
-        return frame
-
-
-class ToneAudioTrack(MediaStreamTrack):
-    """A sine tone at a given frequency, 20 ms frames, paced in real time."""
-
-    kind = "audio"
-
-    def __init__(self, frequency: float) -> None:
-        super().__init__()
-        self._frequency = frequency
-        self._start: float | None = None
-        self._count = 0
-
-    async def recv(self) -> AudioFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self._count * AUDIO_PTIME
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        samples = int(SAMPLE_RATE * AUDIO_PTIME)
-        t = (np.arange(samples) + self._count * samples) / SAMPLE_RATE
-        wave = (0.3 * 32767 * np.sin(2 * np.pi * self._frequency * t)).astype(np.int16)
-        frame = AudioFrame.from_ndarray(wave.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._count * samples
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        self._count += 1
-        return frame
-
-
-@dataclass
-class Received:
-    """What a peer decoded from one incoming track."""
-
-    kind: str
-    frames: int = 0
-    first_frame_at: float | None = None
-    last_rgb: tuple[float, float, float] | None = None
-    audio: list[np.ndarray] = field(default_factory=list)
-    audio_rate: int = SAMPLE_RATE
-
-    def dominant_frequency(self) -> float:
-        samples = np.concatenate(self.audio[-50:]).astype(np.float64)
-        spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-        freqs = np.fft.rfftfreq(len(samples), 1 / self.audio_rate)
-        return float(freqs[int(np.argmax(spectrum[1:])) + 1])
+def record_frame(record: Received, frame: object, colour_every: int = 5) -> None:
+    """Adds one decoded frame to ``record``: the mean colour of the picture's centre (of every
+    ``colour_every``-th video frame), or the first channel of the audio (the last 50-100 frames)."""
+    if record.first_frame_at is None:
+        record.first_frame_at = time.monotonic()
+    record.frames += 1
+    if isinstance(frame, VideoFrame):
+        if (record.frames - 1) % colour_every == 0:
+            rgb = frame.to_ndarray(format="rgb24")
+            h, w = rgb.shape[:2]
+            center = rgb[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
+            record.last_rgb = tuple(float(v) for v in center.reshape(-1, 3).mean(axis=0))  # type: ignore[assignment]
+    elif isinstance(frame, AudioFrame):
+        data = frame.to_ndarray()
+        channels = len(frame.layout.channels)
+        mono = data.reshape(-1, channels)[:, 0] if data.ndim == 2 and data.shape[0] == 1 else data[0]
+        record.audio.append(mono)
+        record.audio_rate = frame.sample_rate
+        if len(record.audio) > 100:
+            del record.audio[:50]
 
 
 class Peer:
@@ -120,26 +66,7 @@ class Peer:
         record = self.received[track.id]
         try:
             while True:
-                frame = await track.recv()
-                if record.first_frame_at is None:
-                    record.first_frame_at = time.monotonic()
-                record.frames += 1
-                if isinstance(frame, VideoFrame):
-                    if record.frames % 5 == 1:
-                        rgb = frame.to_ndarray(format="rgb24")
-                        h, w = rgb.shape[:2]
-                        center = rgb[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
-                        record.last_rgb = tuple(float(v) for v in center.reshape(-1, 3).mean(axis=0))  # type: ignore[assignment]
-                elif isinstance(frame, AudioFrame):
-                    data = frame.to_ndarray()
-                    channels = len(frame.layout.channels)
-                    mono = (
-                        data.reshape(-1, channels)[:, 0] if data.ndim == 2 and data.shape[0] == 1 else data[0]
-                    )
-                    record.audio.append(mono)
-                    record.audio_rate = frame.sample_rate
-                    if len(record.audio) > 100:
-                        del record.audio[:50]
+                record_frame(record, await track.recv())
         except MediaStreamError:
             return
 
