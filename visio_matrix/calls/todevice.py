@@ -56,6 +56,8 @@ from .hub_api import HubError, Identity, Joined, RemovalReason
 log = logging.getLogger(__name__)
 
 BOT_INVITE_LIFETIME_MS = 60_000
+OFFER_TIMEOUT_S = BOT_INVITE_LIFETIME_MS / 1000  # an offer of ours unanswered this long ends the call
+OFFER_CHECK_INTERVAL_S = 5.0
 
 _REASON_FOR_HUB_CODE = {
     "not_a_member": VisioReason.NOT_A_MEMBER,
@@ -123,6 +125,7 @@ class _Call:
     their_seq: int = -1  # highest seq seen from the participant in this call
     deflate: bool = False  # the participant reads compressed messages (signaling.envelope)
     awaiting_answer: bool = False  # our offer (invite or negotiate) is unanswered
+    offered_at: float = 0.0  # clock time of that offer
     ended: bool = False
     extra: dict[str, str] = field(default_factory=dict)
     # Set once our answer (or re-invite) is sent: the hub may ask for a new offer before that, and the
@@ -153,6 +156,7 @@ class _Call:
         if self.ended:
             return
         self.awaiting_answer = True
+        self.offered_at = self.transport.now()
         await self.send(
             "m.call.negotiate",
             build_conference_negotiate(
@@ -266,7 +270,11 @@ class ToDeviceCalls:
         self._batcher = _Batcher(channel, self._tasks)
         self.refused = 0
 
+    def now(self) -> float:
+        return self._clock.now()
+
     def start(self) -> None:
+        self._tasks.spawn(self._expire_loop(), "expire-offers")
         self.channel.add_handler(self._on_secure)
         self.channel.add_plain_handler(self._on_plain)
         restorable = self._hub.take_restorable("todevice")
@@ -280,6 +288,41 @@ class ToDeviceCalls:
 
     async def send(self, user_id: str, device_id: str, event_type: str, content: dict[str, Any]) -> None:
         await self._batcher.send(user_id, device_id, event_type, content)
+
+    async def expire_offers(self) -> int:
+        """Participants who left an offer of ours unanswered for ``OFFER_TIMEOUT_S`` are dropped (their
+        media can no longer follow the call) with ``invite_expired``; returns how many."""
+        now = self._clock.now()
+        stale = [
+            c for c in self._calls.values() if c.awaiting_answer and now - c.offered_at > OFFER_TIMEOUT_S
+        ]
+        for call in stale:
+            log.warning(
+                "%s %s did not answer our offer within %ss: dropped",
+                call.user_id,
+                call.device_id,
+                OFFER_TIMEOUT_S,
+            )
+            self.forget(call)
+            call.ended = True
+            await self._hub.leave(call.participant_id, RemovalReason.MEDIA_FAILED)
+            await self.send(
+                call.user_id,
+                call.device_id,
+                "m.call.hangup",
+                build_conference_hangup(
+                    call.call_id, self.party_id, call.group(), VisioReason.INVITE_EXPIRED
+                ),
+            )
+        return len(stale)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(OFFER_CHECK_INTERVAL_S)
+            try:
+                await self.expire_offers()
+            except Exception:
+                log.exception("checking unanswered offers failed")
 
     def forget(self, call: _Call) -> None:
         key = (call.user_id, call.device_id)
@@ -587,6 +630,7 @@ class ToDeviceCalls:
             return
         self._admit(call, joined)
         call.awaiting_answer = True
+        call.offered_at = self._clock.now()
         log.info(
             "re-inviting %s %s into %s (replaces call %s)",
             call.user_id,

@@ -1,4 +1,5 @@
-"""The bot's outgoing to-device batcher: coalescing, per-device failures, a bad message isolated."""
+"""The to-device transport's shell: the outgoing batcher (coalescing, per-device failures, a bad
+message isolated) and the expiry of offers a participant never answers."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ class FakeChannel:
         self.too_large: set[str] = set()
 
     async def send_many(self, messages: Sequence[OutgoingToDevice]) -> dict[tuple[str, str], str]:
-        self.requests.append([(m.device_id, m.type, m.content["n"]) for m in messages])
+        self.requests.append([(m.device_id, m.type, str(m.content.get("n", ""))) for m in messages])
         await asyncio.sleep(0.01)  # the homeserver's reply
-        if any(m.content["n"] in self.too_large for m in messages):
+        if any(m.content.get("n") in self.too_large for m in messages):
             raise ToDeviceError("M_TOO_LARGE")
         return {
             (m.user_id, m.device_id): "no such device" for m in messages if m.device_id in self.unreachable
@@ -73,3 +74,38 @@ async def test_a_message_the_homeserver_refuses_does_not_sink_the_others() -> No
     assert isinstance(rest[1], ToDeviceError)
     assert ["big"] in [[n for _, _, n in r] for r in channel.requests]  # retried alone after the failure
     await tasks.close()
+
+
+class FakeHub:
+    def __init__(self) -> None:
+        self.left: list[tuple[str, str]] = []
+
+    def take_restorable(self, transport: object) -> list[object]:
+        return []
+
+    async def leave(self, participant_id: str, reason: str = "left") -> None:
+        self.left.append((participant_id, reason))
+
+
+async def test_an_offer_left_unanswered_ends_that_participants_call() -> None:
+    from visio_matrix.calls.todevice import OFFER_TIMEOUT_S, ToDeviceCalls, _Call
+    from visio_matrix.clock import FakeClock
+    from visio_matrix.relay.api import Negotiated
+
+    channel, hub, clock = FakeChannel(), FakeHub(), FakeClock()
+    calls = ToDeviceCalls(channel, hub, "@visio:hs", "BOT", clock)  # type: ignore[arg-type]
+    quick = _Call(calls, "@a:hs", "A", "call-a", "pa", "sa", participant_id="PA_a")
+    slow = _Call(calls, "@b:hs", "B", "call-b", "pb", "sb", participant_id="PA_b")
+    for call in (quick, slow):
+        call.opened.set()
+        calls._calls[(call.user_id, call.device_id)] = call
+        await call.send_offer(Negotiated("v=0\r\n", ()))
+    quick.awaiting_answer = False  # answered
+    clock.advance(OFFER_TIMEOUT_S - 1)
+    assert await calls.expire_offers() == 0
+    clock.advance(2)
+    assert await calls.expire_offers() == 1
+    assert hub.left == [("PA_b", "media_failed")]
+    hangups = [r for r in channel.requests if r[0][1] == "m.call.hangup"]
+    assert [r[0][0] for r in hangups] == ["B"]
+    await calls.stop()
