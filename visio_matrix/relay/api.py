@@ -115,6 +115,8 @@ class PublishedTrack:
     purpose: str
     origin_stream_id: str | None  # the publisher's own msid, when given
     origin_track_id: str | None
+    # For a link participant's track: the far-side user/device it belongs to (from stream_owners).
+    owner: Mapping[str, str] | None = field(default=None, hash=False)
 
 
 # ---- events ---------------------------------------------------------------------------------------
@@ -236,19 +238,40 @@ class ConferenceApi(Protocol):
         mode: ParticipantMode = "sfu",
         metadata: Mapping[str, str] | None = None,
         stream_purposes: Mapping[str, str] | None = None,
+        link: bool = False,
+        allow_onward: bool = False,
+        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Negotiated:
         """With an offer: returns the answer. Without: returns the relay's offer (see accept_answer).
 
         ``stream_purposes`` maps the participant's own msid stream ids to a purpose
         ("m.usermedia", "m.screenshare"), as Matrix ``sdp_stream_metadata`` gives it.
+
+        ``link=True``: the participant is another relay (federation, ``relay/links.py``). It
+        receives each local publisher's tracks once and, unless ``allow_onward``, nothing published
+        by other links. ``stream_owners`` (links only) maps its msid stream ids to the far-side
+        owner, ``{"user_id": ..., "device_id": ...}``: subscribers see that as
+        ``StreamInfo.publisher_metadata`` (and ``PublishedTrack.owner``). Inconsistent or malformed
+        link options raise ``InvalidLinkError``.
         """
         ...
 
     async def apply_offer(
-        self, participant_id: str, offer_sdp: str, stream_purposes: Mapping[str, str] | None = None
+        self,
+        participant_id: str,
+        offer_sdp: str,
+        stream_purposes: Mapping[str, str] | None = None,
+        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Negotiated: ...
 
-    async def accept_answer(self, participant_id: str, answer_sdp: str) -> None: ...
+    async def accept_answer(
+        self,
+        participant_id: str,
+        answer_sdp: str,
+        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """``stream_owners``: as for ``add_participant`` (a link's streams in its answer)."""
+        ...
 
     async def add_ice_candidate(
         self,

@@ -25,7 +25,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from ..clock import Clock
 from ..tasks import TaskOwner
 from . import aiortc_hooks as hooks
-from . import offered_sections
+from . import links, offered_sections
 from .api import (
     ActiveSpeakerChanged,
     ConferenceStats,
@@ -98,6 +98,9 @@ class Conference:
         mode: ParticipantMode = "sfu",
         metadata: Mapping[str, str] | None = None,
         stream_purposes: Mapping[str, str] | None = None,
+        link: bool = False,
+        allow_onward: bool = False,
+        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Negotiated:
         async with self._lock:
             self._check_open()
@@ -109,6 +112,7 @@ class Conference:
                 raise RelayError(
                     f"unknown participant mode {mode!r} (expected 'sfu', 'mcu' or 'sfu_answer_only')"
                 )
+            owners = links.check_role(participant_id, mode, link, allow_onward, stream_owners)
             checked = None if offer_sdp is None else self._check(offer_sdp, "offer")
             if mode == "mcu" and self._mcu is None:
                 self._mcu = ConferenceMcu(
@@ -128,6 +132,7 @@ class Conference:
                 self._options.subscriber_queue_size,
             )
             p.answer_only = mode == "sfu_answer_only"
+            p.link, p.allow_onward, p.stream_owners = link, allow_onward, owners
             self._participants[participant_id] = p
             p.pc.on("track", lambda track: self._on_track(p, track))
             p.pc.on("connectionstatechange", lambda: self._on_connection_state(p))
@@ -146,17 +151,28 @@ class Conference:
             return result
 
     async def apply_offer(
-        self, participant_id: str, offer_sdp: str, stream_purposes: Mapping[str, str] | None = None
+        self,
+        participant_id: str,
+        offer_sdp: str,
+        stream_purposes: Mapping[str, str] | None = None,
+        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Negotiated:
         async with self._lock:
             p = self._get(participant_id)
-            result = await self._answer(p, self._check(offer_sdp, "offer"), stream_purposes)
+            owners = links.check_owners(p.id, p.link, stream_owners)
+            result = await self._answer(p, self._check(offer_sdp, "offer"), stream_purposes, owners)
             await self._reconcile()
             return result
 
-    async def accept_answer(self, participant_id: str, answer_sdp: str) -> None:
+    async def accept_answer(
+        self,
+        participant_id: str,
+        answer_sdp: str,
+        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         async with self._lock:
             p = self._get(participant_id)
+            owners = links.check_owners(p.id, p.link, stream_owners)
             if p.signaling_state != "have-local-offer":
                 raise NegotiationError(
                     f"participant {participant_id!r} has no relay offer pending "
@@ -168,6 +184,7 @@ class Conference:
             except Exception as exc:
                 raise translate_error(exc) from exc
             p.negotiated_once = True
+            p.stream_owners.update(owners)
             self._sync_publications(p)
             await self._reconcile()
 
@@ -282,7 +299,11 @@ class Conference:
         )
 
     async def _answer(
-        self, p: Participant, offer: CheckedSdp, purposes: Mapping[str, str] | None
+        self,
+        p: Participant,
+        offer: CheckedSdp,
+        purposes: Mapping[str, str] | None,
+        owners: Mapping[str, dict[str, str]] | None = None,
     ) -> Negotiated:
         if p.signaling_state != "stable":
             raise NegotiationError(
@@ -301,6 +322,7 @@ class Conference:
                 hooks.add_header_extensions(t, list(extensions))
         if purposes:
             p.stream_purposes.update(purposes)
+        p.stream_owners.update(owners or {})
         if p.mode == "mcu" and not p.mix_transceivers and self._mcu is not None:
             self._mcu.attach_mix(p, initial=False)
         if p.answer_only:
@@ -378,27 +400,10 @@ class Conference:
         self._emit(NegotiationNeeded(self.conference_id, p.id, "", self._announced_streams(p)))
 
     def _desired_ups(self, p: Participant) -> list[UpTrack]:
-        if p.mode != "sfu":
-            return []
-        return [
-            up
-            for q in self._participants.values()
-            if q is not p and not q.closed and (p.id, q.id) not in self._denied
-            for up in q.ups.values()
-        ]
+        return links.desired_ups(p, self._participants.values(), self._denied)
 
     def _stream_info(self, up: UpTrack) -> StreamInfo:
-        publisher = self._participants.get(up.info.participant_id)
-        return StreamInfo(
-            stream_id=up.info.stream_id,
-            track_id=up.info.track_id,
-            mid=None,
-            kind=up.info.kind,
-            purpose=up.info.purpose,
-            publisher_id=up.info.participant_id,
-            publisher_track_id=up.info.origin_track_id or up.info.track_id,
-            publisher_metadata=dict(publisher.metadata) if publisher is not None else {},
-        )
+        return links.stream_info(up, self._participants.get(up.info.participant_id))
 
     def _attach(self, p: Participant, up: UpTrack, offered: RTCRtpTransceiver | None = None) -> None:
         """A down track of ``up`` for ``p``: on a new m-line of the relay's next offer, or on an m-line
@@ -470,6 +475,7 @@ class Conference:
             purpose=p.stream_purposes.get(origin_stream or "", "m.usermedia"),
             origin_stream_id=origin_stream,
             origin_track_id=origin_track,
+            owner=p.stream_owners.get(origin_stream or ""),
         )
         up = UpTrack(
             info,

@@ -27,6 +27,10 @@ class NegotiationError(RelayError):
     """An offer/answer arrived in the wrong signaling state (e.g. an answer with no offer pending)."""
 
 
+class InvalidLinkError(RelayError):
+    """Relay-link options are inconsistent (e.g. ``stream_owners`` on a non-link) or malformed."""
+
+
 class UnknownParticipantError(RelayError):
     """The participant id is not (or no longer) in the conference."""
 

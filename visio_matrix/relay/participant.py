@@ -61,6 +61,9 @@ class Participant:
         self.reoffer_pending = False  # answer_only: a re-offer was asked for and has not come yet
         self.reoffer_key: frozenset[tuple[str, str]] | None = None  # what the last request was for
         self.stream_purposes: dict[str, str] = {}
+        self.link = False  # another relay (links.py): receives local publishers only, unless allow_onward
+        self.allow_onward = False
+        self.stream_owners: dict[str, dict[str, str]] = {}  # link: msid stream id -> owner metadata
         self.negotiated_once = False
         self.needs_offer = False
         self.connected = asyncio.Event()
