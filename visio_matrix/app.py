@@ -121,9 +121,6 @@ class Service:
                     host_addresses=cfg.relay.public_addresses or (cfg.relay.bind_address,),
                     udp_port_min=cfg.relay.udp_port_min,
                     udp_port_max=cfg.relay.udp_port_max,
-                    # Counted from add_participant, also when the relay offers (the bot rings someone in
-                    # a DM, invite lifetime 60 s): must outlast a ring that is answered late.
-                    connect_timeout=80.0,
                 ),
                 self.clock,
             )

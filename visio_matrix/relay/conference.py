@@ -146,7 +146,8 @@ class Conference:
             except BaseException:
                 await self._remove(p, emit=False)
                 raise
-            p.watch_task = self._tasks.spawn(self._watch_connect(p), f"connect:{participant_id}")
+            if checked is not None:
+                self._start_connect_watch(p)
             await self._reconcile()
             return result
 
@@ -161,6 +162,7 @@ class Conference:
             p = self._get(participant_id)
             owners = links.check_owners(p.id, p.link, stream_owners)
             result = await self._answer(p, self._check(offer_sdp, "offer"), stream_purposes, owners)
+            self._start_connect_watch(p)
             await self._reconcile()
             return result
 
@@ -186,6 +188,7 @@ class Conference:
             p.negotiated_once = True
             p.stream_owners.update(owners)
             self._sync_publications(p)
+            self._start_connect_watch(p)
             await self._reconcile()
 
     async def add_ice_candidate(
@@ -511,6 +514,11 @@ class Conference:
         elif state == "closed" and not p.closed:
             # aiortc closes the connection itself when the peer closed DTLS (a hang-up).
             self._tasks.spawn(self._peer_left(p), f"left:{p.id}")
+
+    def _start_connect_watch(self, p: Participant) -> None:
+        """From the first full exchange: a relay offer may wait for someone to pick up."""
+        if p.watch_task is None:
+            p.watch_task = self._tasks.spawn(self._watch_connect(p), f"connect:{p.id}")
 
     async def _watch_connect(self, p: Participant) -> None:
         timeout = self._options.connect_timeout
