@@ -47,11 +47,34 @@ ensure_browser_deps() {
       problem="${problem:+$problem; }npm is missing (needed to install livekit-client in tests/browser)"
     fi
   fi
+  ensure_call_page || problem="${problem:+$problem; }the call page could not be built"
   if [ -n "$problem" ]; then
     if [ "${CI:-}" = "true" ]; then
       echo "[setup] ERROR: the browser tests must run in CI: $problem" >&2
       return 1
     fi
     echo "[setup] warning: browser tests will be skipped: $problem" >&2
+  fi
+}
+
+# The call page (visio_matrix/web/app -> visio_matrix/web/static): npm ci && npm run build when the
+# built page is missing or the lock file, build script or sources changed since the last build.
+ensure_call_page() {
+  local dir="$ROOT/visio_matrix/web/app" out="$ROOT/visio_matrix/web/static"
+  local stamp="$ROOT/visio_matrix/web/app/node_modules/.visio-build" want
+  want="$(cd "$dir" && cat package.json package-lock.json build.mjs index.html style.css src/*.js | sha256sum | cut -d' ' -f1)"
+  if [ -f "$out/index.html" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "[setup] warning: npm is missing: the call page (/call/) cannot be built" >&2
+    return 1
+  fi
+  echo "[setup] building the call page (npm ci && npm run build in visio_matrix/web/app)" >&2
+  if (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2 && npm run --silent build >&2); then
+    echo "$want" > "$stamp"
+  else
+    echo "[setup] warning: building the call page failed" >&2
+    return 1
   fi
 }

@@ -24,6 +24,7 @@ from visio_matrix.calls.hub import ConferenceHub
 from visio_matrix.calls.room_access import BotRoomAccess
 from visio_matrix.calls.room_bot import RoomBot
 from visio_matrix.calls.room_status import RoomStatus
+from visio_matrix.calls.room_widget import RoomWidget
 from visio_matrix.calls.todevice import ToDeviceCalls
 from visio_matrix.clock import Clock, SystemClock
 from visio_matrix.config import Config
@@ -34,6 +35,8 @@ from visio_matrix.housekeeping import Housekeeping
 from visio_matrix.metrics import Metrics
 from visio_matrix.relay import Relay, RelayOptions
 from visio_matrix.storage import Store, StoreError, open_store, sqlite_url
+from visio_matrix.web.pages import page_routes
+from visio_matrix.web.widget import widget_state_content, widget_url
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class Service:
         self._tokens: TokenService | None = None
         self._dm: DmCalls | None = None
         self._signaling: LiveKitSignaling | None = None
+        self._widget: RoomWidget | None = None
         self._runner: web.AppRunner | None = None
         self._housekeeping: Housekeeping | None = None
         self.ping_result: PingResult | None = None
@@ -140,6 +144,15 @@ class Service:
                 {"user_id": self.bot_user_id, "device_id": self._device.device_id},
             )
             self._hub.add_listener(self._status)
+            if cfg.focus.enabled:
+                page = cfg.focus.public_url
+                self._widget = RoomWidget(
+                    self._device,
+                    lambda room_id: widget_state_content(
+                        widget_url(page, room_id), "Visio", widget_id="visio-call"
+                    ),
+                )
+                self._hub.add_listener(self._widget)
             await self._hub.start()
             self._status.start()
             self._dm = DmCalls(BotRooms(self._device), self._hub, self._store, cfg.policy, self.clock)
@@ -175,6 +188,7 @@ class Service:
             if self._tokens is not None:
                 app.add_routes(focus_routes(self._tokens))
             if self._signaling is not None:
+                app.add_routes(page_routes())  # the browser call page, /call/ (503 text if not built)
                 app.add_routes(livekit_routes(self._signaling))
                 # Open WebSockets would otherwise hold runner.cleanup() until aiohttp's timeout.
                 app.on_shutdown.append(self._signaling.on_app_shutdown)
@@ -214,6 +228,9 @@ class Service:
         if self._todevice is not None:
             await self._todevice.stop()
             self._todevice = None
+        if self._widget is not None:
+            await self._widget.stop()
+            self._widget = None
         if self._status is not None:
             await self._status.stop()
             self._status = None

@@ -315,3 +315,32 @@ async def test_restart_brings_participants_back_within_five_seconds(stack: Servi
         await svc.stop()
         await alice.close()
         await bob.close()
+
+
+async def test_the_call_is_a_room_widget_while_it_runs_when_the_bot_may_add_one(
+    stack: ServiceStack, service: Service
+) -> None:
+    alice, _ = await user(stack, "alice")
+    try:
+        room_id = await call_room(alice, service, [])
+        await alice.set_power_level(room_id, service.bot_user_id, 50)  # state_default: widgets allowed
+        await start_call(alice, service, room_id)
+
+        async def widget() -> dict[str, Any]:
+            resp = await alice.client.room_get_state_event(room_id, "im.vector.modular.widgets", "visio-call")
+            return dict(getattr(resp, "content", {}) or {})
+
+        deadline = time.monotonic() + 10
+        while not (await widget()).get("url") and time.monotonic() < deadline:  # noqa: ASYNC110 (polls the server)
+            await asyncio.sleep(0.1)
+        content = await widget()
+        assert content["type"] == "m.custom" and content["name"] == "Visio"
+        assert "/call/" in content["url"] and "$matrix_room_id" in content["url"]
+        await alice.send_text(room_id, "!visio stop")
+        await alice.wait_for_message(room_id, said(service.bot_user_id, "📴 Call ended"), timeout=30)
+        deadline = time.monotonic() + 10
+        while (await widget()).get("url") and time.monotonic() < deadline:  # noqa: ASYNC110 (polls the server)
+            await asyncio.sleep(0.1)
+        assert await widget() == {}  # removed when the call ended
+    finally:
+        await alice.close()

@@ -33,6 +33,7 @@ from nio import (
     MegolmEvent,
     RoomGetStateError,
     RoomGetStateEventError,
+    RoomPutStateError,
     RoomSendError,
     SyncError,
 )
@@ -295,6 +296,15 @@ class BotDevice:
                 f"could not read {event_type} in {room_id}: {resp.status_code} {resp.message}"
             )
         return dict(resp.content)
+
+    async def put_state(self, room_id: str, event_type: str, state_key: str, content: dict[str, Any]) -> str:
+        """Send a state event (never encrypted: state is not); its event id. BotDeviceError if refused."""
+        resp = await self.client.room_put_state(room_id, event_type, content, state_key)
+        if isinstance(resp, RoomPutStateError):
+            raise BotDeviceError(
+                f"could not set {event_type} in {room_id}: {resp.status_code} {resp.message}"
+            )
+        return str(resp.event_id)
 
     async def room_state(self, room_id: str) -> list[dict[str, Any]]:
         """The room's current state events, in full (sender included), from the homeserver."""
