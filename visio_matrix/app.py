@@ -22,7 +22,7 @@ from visio_matrix.calls.direct_rooms import BotRooms
 from visio_matrix.calls.dm_calls import DmCalls
 from visio_matrix.calls.hub import ConferenceHub
 from visio_matrix.calls.room_access import BotRoomAccess
-from visio_matrix.calls.room_bot import RoomBot
+from visio_matrix.calls.room_bot import RoomBot, notice
 from visio_matrix.calls.room_status import RoomStatus
 from visio_matrix.calls.room_widget import RoomWidget
 from visio_matrix.calls.todevice import ToDeviceCalls
@@ -35,6 +35,7 @@ from visio_matrix.housekeeping import Housekeeping
 from visio_matrix.metrics import Metrics
 from visio_matrix.relay import Relay, RelayOptions
 from visio_matrix.storage import Store, StoreError, open_store, sqlite_url
+from visio_matrix.web.guest_api import GuestService, guest_routes
 from visio_matrix.web.pages import page_routes
 from visio_matrix.web.widget import widget_state_content, widget_url
 
@@ -65,6 +66,7 @@ class Service:
         self._dm: DmCalls | None = None
         self._signaling: LiveKitSignaling | None = None
         self._widget: RoomWidget | None = None
+        self._guests: GuestService | None = None
         self._runner: web.AppRunner | None = None
         self._housekeeping: Housekeeping | None = None
         self.ping_result: PingResult | None = None
@@ -94,6 +96,11 @@ class Service:
     def dm(self) -> DmCalls:
         assert self._dm is not None, "service not started"
         return self._dm
+
+    @property
+    def guests(self) -> GuestService:
+        assert self._guests is not None, "service not started, or guests are disabled"
+        return self._guests
 
     @property
     def bot(self) -> RoomBot:
@@ -156,6 +163,14 @@ class Service:
             await self._hub.start()
             self._status.start()
             self._dm = DmCalls(BotRooms(self._device), self._hub, self._store, cfg.policy, self.clock)
+            if cfg.guests.enabled and cfg.focus.enabled:  # guest call tokens are focus tokens
+                device = self._device
+
+                async def post_notice(room_id: str, text: str) -> None:
+                    await device.send(room_id, "m.room.message", notice(text))
+
+                self._guests = GuestService(cfg.guests, cfg.focus, self.clock, notify=post_notice)
+                await self._guests.start()
             self._bot = RoomBot(
                 self._device,
                 self._store,
@@ -164,6 +179,7 @@ class Service:
                 self.metrics,
                 call_events=self._dm,
                 conferences=self._hub,
+                guests=self._guests,
             )
             await self._bot.start()
             await self._dm.start(self._hub.take_restorable("dm"))
@@ -192,6 +208,8 @@ class Service:
                 app.add_routes(livekit_routes(self._signaling))
                 # Open WebSockets would otherwise hold runner.cleanup() until aiohttp's timeout.
                 app.on_shutdown.append(self._signaling.on_app_shutdown)
+            if self._guests is not None:
+                app.add_routes(guest_routes(self._guests))
             app.add_routes(
                 [web.get("/health/live", self._live), web.get("/health/ready", self._ready)]
                 + ([web.get("/metrics", self._metrics_route)] if cfg.metrics.enabled else [])
@@ -219,6 +237,9 @@ class Service:
         if self._housekeeping is not None:
             await self._housekeeping.stop()
             self._housekeeping = None
+        if self._guests is not None:
+            await self._guests.stop()
+            self._guests = None
         if self._bot is not None:
             await self._bot.stop()
             self._bot = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "!visio"
-KNOWN = ("help", "start", "status", "stop", "join", "ring")
+KNOWN = ("help", "start", "status", "stop", "join", "ring", "link", "admit", "deny")
 
 
 @dataclass(frozen=True)
@@ -42,5 +42,8 @@ HELP_TEXT = (
     "  !visio join    join the call of this room from your direct chat with me (I call you there)\n"
     "  !visio join <room>  in our direct chat: choose which room's call you join when you call me\n"
     "  !visio ring    call every member of this room who is not in its call yet\n"
+    "  !visio link    post a link for guests without a Matrix account (they wait to be let in)\n"
+    "  !visio admit <name>  let a waiting guest into the call\n"
+    "  !visio deny <name>   turn a waiting guest away\n"
     "  !visio help    this text"
 )

@@ -42,6 +42,7 @@ from visio_matrix.storage import ConferenceExistsError, ConferenceRecord, Partic
 from visio_matrix.tasks import TaskOwner
 
 from .hub_api import (
+    GUEST_USER_PREFIX,
     ConferenceEnded,
     ConferenceStarted,
     HubError,
@@ -315,13 +316,19 @@ class ConferenceHub:
         start_if_none: bool = False,
         transport_data: Mapping[str, str] | None = None,
         session_key: str | None = None,
+        guest: bool = False,
     ) -> Joined:
-        if not self._policy.user_allowed(identity.user_id):
-            raise HubError(
-                "server_not_allowed", "Users of your homeserver may not join calls on this service."
-            )
-        if not await self._access.is_joined(room_id, identity.user_id):
-            raise HubError("not_a_member", "Only members of the room can join its call.")
+        if guest:
+            # Admitted from the lobby by a room member: no Matrix account, so no membership to check.
+            if not identity.user_id.startswith(GUEST_USER_PREFIX):
+                raise HubError("bad_guest", "A guest's identity must start with 'guest:'.")
+        else:
+            if not self._policy.user_allowed(identity.user_id):
+                raise HubError(
+                    "server_not_allowed", "Users of your homeserver may not join calls on this service."
+                )
+            if not await self._access.is_joined(room_id, identity.user_id):
+                raise HubError("not_a_member", "Only members of the room can join its call.")
         room = await self._room_for(room_id, identity, start_if_none)
         async with room.lock:
             if self._rooms.get(room_id) is not room:

@@ -26,6 +26,9 @@ from visio_matrix.relay.api import Negotiated, ParticipantMode, PublishedTrack
 TransportName = Literal["todevice", "dm", "livekit", "federation", "guest"]
 
 
+GUEST_USER_PREFIX = "guest:"
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who a participant is, as verified by its transport (never taken from message content).
@@ -190,8 +193,12 @@ class HubApi(Protocol):
         start_if_none: bool = False,
         transport_data: Mapping[str, str] | None = None,
         session_key: str | None = None,
+        guest: bool = False,
     ) -> Joined:
         """Admit ``identity`` into ``room_id``'s conference.
+
+        ``guest``: a guest admitted from the lobby (``identity.user_id`` is ``guest:<guest_id>``): the
+        membership and server policy checks are skipped (code ``bad_guest`` for another user id).
 
         Raises ``HubError`` with code ``not_a_member`` (identity.user_id is not joined to the room),
         ``no_conference`` (no active conference and ``start_if_none`` is False), ``server_not_allowed``,

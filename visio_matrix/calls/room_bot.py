@@ -22,6 +22,7 @@ from visio_matrix.crypto.bot_device import Decrypted, Undecryptable
 from visio_matrix.metrics import Metrics
 from visio_matrix.storage import ConferenceExistsError, ConferenceRecord
 from visio_matrix.tasks import TaskOwner
+from visio_matrix.web.lobby import LobbyDecision, LobbyError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,19 @@ class CallEvents(Protocol):
 
 
 # -- end DM calls (H7) ------------------------------------------------------------------------------
+
+
+class GuestControl(Protocol):
+    """Guests by link (``web.guest_api.GuestService``): ``!visio link`` / ``admit`` / ``deny``."""
+
+    @property
+    def link_lifetime_s(self) -> float: ...
+
+    def new_link_url(self, room_id: str) -> str: ...
+
+    def admit(self, room_id: str, name: str, by_user: str) -> LobbyDecision: ...
+
+    def deny(self, room_id: str, name: str, by_user: str) -> LobbyDecision: ...
 
 
 class ConferenceStore(Protocol):
@@ -119,6 +133,7 @@ class RoomBot:
         call_events: CallEvents | None = None,  # DM calls (H7)
         *,
         conferences: ConferenceControl,
+        guests: GuestControl | None = None,
     ) -> None:
         self._io = io
         self._store = store
@@ -128,6 +143,7 @@ class RoomBot:
         self._metrics = metrics
         self._pending_ttl = pending_ttl
         self._call_events = call_events  # DM calls (H7)
+        self.guests = guests  # settable after construction (the wiring builds it later)
         self._pending: list[tuple[RoomEvent, float]] = []
         self._tasks = TaskOwner("room-bot")
 
@@ -266,6 +282,9 @@ class RoomBot:
             "stop": self._stop,
             "join": self._call_command,  # DM calls (H7)
             "ring": self._call_command,  # DM calls (H7)
+            "link": self._guest_link,
+            "admit": self._guest_decision,
+            "deny": self._guest_decision,
         }.get(command.name, self._unknown)
         await handler(event, command)
 
@@ -292,6 +311,57 @@ class RoomBot:
         await self._reply(event, text, command, result)
 
     # -- end DM calls (H7) ----------------------------------------------------------------------
+
+    # -- guests by link -------------------------------------------------------------------------
+    async def _guest_link(self, event: RoomEvent, command: Command) -> None:
+        if self.guests is None:
+            await self._reply(event, "Guest links are not enabled on this service.", command, "disabled")
+            return
+        url = self.guests.new_link_url(event.room_id)
+        valid = format_duration(int(self.guests.link_lifetime_s * 1000))
+        await self._reply(
+            event,
+            f"Guest link for this room (valid {valid}; guests wait until a member types "
+            f"!visio admit <name>): {url}",
+            command,
+            "ok",
+        )
+
+    async def _guest_decision(self, event: RoomEvent, command: Command) -> None:
+        if self.guests is None:
+            await self._reply(event, "Guest links are not enabled on this service.", command, "disabled")
+            return
+        name = " ".join(command.args).strip()
+        if not name:
+            await self._reply(event, f"Usage: !visio {command.name} <name>", command, "usage")
+            return
+        action = "Letting a guest in" if command.name == "admit" else "Turning a guest away"
+        denied = await self._check_power(event, self._policy.admit_power_level, action)
+        if denied:
+            await self._reply(event, f"Sorry: {denied}.", command, "denied")
+            return
+        decide = self.guests.admit if command.name == "admit" else self.guests.deny
+        try:
+            decision = decide(event.room_id, name, event.sender)
+        except LobbyError as exc:
+            await self._reply(event, exc.message, command, exc.code)
+            return
+        guest = decision.ticket.name
+        if command.name == "admit":
+            text = (
+                f"{guest} was let in by {event.sender}."
+                if decision.changed
+                else f"{guest} was already let in."
+            )
+        else:
+            text = (
+                f"{guest} was turned away by {event.sender}."
+                if decision.changed
+                else f"{guest} was already turned away."
+            )
+        await self._reply(event, text, command, "ok")
+
+    # -- end guests by link -----------------------------------------------------------------------
 
     async def _unknown(self, event: RoomEvent, command: Command) -> None:
         await self._reply(event, f"Unknown command '{command.raw_name}'.\n{HELP_TEXT}", command, "unknown")

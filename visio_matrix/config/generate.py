@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import secrets
 
+from visio_matrix.web.guest_links import generate_key_text
+
 _DEFAULTS: dict[str, object] = {
     "server_name": "example.org",
     "homeserver_url": "https://matrix.example.org",
@@ -33,6 +35,10 @@ _DEFAULTS: dict[str, object] = {
     "focus_livekit_url": None,
     "focus_api_key": "visio",
     "token_lifetime": "1h",
+    "guests_enabled": True,
+    "link_lifetime": "1h",
+    "max_wait": "10m",
+    "admit_power_level": 0,
 }
 
 OVERRIDES = tuple(_DEFAULTS)
@@ -41,6 +47,10 @@ OVERRIDES = tuple(_DEFAULTS)
 def _scalar(value: object) -> str:
     # JSON scalars and flow lists are valid YAML, and json.dumps quotes strings safely.
     return json.dumps(value)
+
+
+def _indented(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.strip().splitlines())
 
 
 def new_secret() -> str:
@@ -125,6 +135,8 @@ policy:
   # conference); users of the other allowed servers may only join a running one.
   # Default: the homeserver's own server name.
 {line("open_call_servers", "open_call_servers", "[" + s["server_name"] + "]")}
+  # Minimum room power level to let a guest in or turn them away (`!visio admit` / `!visio deny`).
+  admit_power_level: {s["admit_power_level"]}
 
 logging:
   # DEBUG, INFO, WARNING or ERROR.
@@ -135,6 +147,19 @@ logging:
 metrics:
   # Prometheus metrics at /metrics on the appservice listener.
   enabled: {s["metrics_enabled"]}
+
+guests:
+  # Guests by link: `!visio link` posts a signed link; a guest opening it waits in a lobby
+  # until a room member admits them (`!visio admit <name>`).
+  enabled: {s["guests_enabled"]}
+  # The Ed25519 private key signing the links (or signing_key_file). After a rotation, keep the
+  # old key's public half in old_public_keys until the links it signed have expired.
+  signing_key: |
+{_indented(generate_key_text(), "    ")}
+  # old_public_keys: []
+  # How long a posted link stays valid, and how long a guest may wait to be admitted.
+  link_lifetime: {s["link_lifetime"]}
+  max_wait: {s["max_wait"]}
 
 focus:
   # The MatrixRTC LiveKit focus for Element Call (token service at /sfu/get and /get_token,

@@ -96,6 +96,8 @@ class PolicyConfig:
     # Servers whose users may cause a conference to be created through the LiveKit focus (the others
     # among allowed_servers may only join one that is running): lk-jwt-service's "full access".
     open_call_servers: tuple[str, ...] = ()
+    # Minimum room power level to admit or deny a guest (`!visio admit` / `!visio deny`).
+    admit_power_level: int = 0
 
     def server_allowed(self, server_name: str) -> bool:
         """Whether users of ``server_name`` (port included when it has one) may use the service."""
@@ -150,6 +152,20 @@ class FocusConfig:
 
 
 @dataclass(frozen=True)
+class GuestsConfig:
+    """Guests by link (``!visio link``): signed, expiring links into a room's lobby."""
+
+    enabled: bool = False
+    # The Ed25519 private key (PEM or base64 seed) signing guest links; "" when guests are disabled.
+    signing_key: str = field(default="", repr=False)
+    # Public keys of earlier signing keys: links they signed stay valid until they expire.
+    old_public_keys: tuple[str, ...] = ()
+    # Seconds.
+    link_lifetime: float = 3600.0
+    max_wait: float = 600.0
+
+
+@dataclass(frozen=True)
 class Config:
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
@@ -160,3 +176,4 @@ class Config:
     logging: LoggingConfig
     metrics: MetricsConfig
     focus: FocusConfig
+    guests: GuestsConfig = GuestsConfig()

@@ -19,6 +19,7 @@ from visio_matrix.config.model import (
     CryptoConfig,
     DatabaseConfig,
     FocusConfig,
+    GuestsConfig,
     HomeserverConfig,
     LogFormat,
     LoggingConfig,
@@ -28,6 +29,7 @@ from visio_matrix.config.model import (
     RelayConfig,
 )
 from visio_matrix.config.reader import Problems, Section, describe
+from visio_matrix.web.guest_links import load_private_key, load_public_key
 
 SCHEMA: dict[str, tuple[str, ...]] = {
     "homeserver": ("url", "server_name"),
@@ -47,7 +49,13 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "database": ("url",),
     "crypto": ("store_path", "pickle_key", "pickle_key_file"),
     "relay": ("bind_address", "public_addresses", "udp_port_min", "udp_port_max"),
-    "policy": ("allowed_servers", "start_power_level", "stop_power_level", "open_call_servers"),
+    "policy": (
+        "allowed_servers",
+        "start_power_level",
+        "stop_power_level",
+        "open_call_servers",
+        "admit_power_level",
+    ),
     "logging": ("level", "format"),
     "metrics": ("enabled",),
     "focus": (
@@ -61,6 +69,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
         "verify_federation_tls",
         "homeserver_urls",
     ),
+    "guests": ("enabled", "signing_key", "signing_key_file", "old_public_keys", "link_lifetime", "max_wait"),
 }
 
 DEFAULT_DATABASE_URL = "sqlite:///visio.db"
@@ -376,12 +385,14 @@ def _policy(top: Section, server_name: str) -> PolicyConfig:
     start = s.integer("start_power_level", 0, low=-bound, high=bound, what=what)
     stop = s.integer("stop_power_level", 50, low=-bound, high=bound, what=what)
     open_calls, _ = _server_patterns(s, "open_call_servers", default)
+    admit = s.integer("admit_power_level", 0, low=-bound, high=bound, what=what)
     s.warn_unknown()
     return PolicyConfig(
         allowed_servers=tuple(patterns),
         start_power_level=start,
         stop_power_level=stop,
         open_call_servers=tuple(open_calls),
+        admit_power_level=admit,
     )
 
 
@@ -470,6 +481,78 @@ def _focus(top: Section, base_dir: Path, appservice: AppserviceConfig) -> FocusC
     )
 
 
+def _guest_key_text(s: Section, base_dir: Path) -> tuple[str, str]:
+    """``(key text, the key path it came from)``; ``("", "")`` when neither key is set."""
+    inline = s.raw("signing_key") is not None
+    from_file = s.raw("signing_key_file") is not None
+    if inline and from_file:
+        s.error("signing_key", f"set either {s.key_path('signing_key')} or {s.key_path('signing_key_file')}")
+        return "", ""
+    if inline:
+        value = s.raw("signing_key")
+        if not isinstance(value, str):
+            s.error("signing_key", "expected the Ed25519 private key as text (PEM or base64)")
+            return "", ""
+        return value, "signing_key"
+    if from_file:
+        name = s.raw("signing_key_file")
+        if not isinstance(name, str) or not name.strip():
+            s.error("signing_key_file", f"expected a path, got {describe(name)}")
+            return "", ""
+        file_path = base_dir / Path(name.strip()).expanduser()
+        try:
+            return file_path.read_text(encoding="utf-8"), "signing_key_file"
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            s.error("signing_key_file", f"cannot read {str(file_path)!r}: {reason}")
+            return "", ""
+    return "", ""
+
+
+def _guests(top: Section, base_dir: Path) -> GuestsConfig:
+    s = top.section("guests", SCHEMA["guests"])
+    enabled = s.boolean("enabled", True)
+    key_text, key_name = _guest_key_text(s, base_dir)
+    if key_text:
+        try:
+            load_private_key(key_text)
+        except ValueError as exc:  # the message never quotes the key
+            s.error(key_name, str(exc))
+            key_text = ""
+    old: list[str] = []
+    for index, text in s.string_list("old_public_keys", [], what="a list of Ed25519 public keys (PEM)"):
+        try:
+            load_public_key(text)
+        except ValueError as exc:
+            s.problems.error(f"{s.key_path('old_public_keys')}[{index}]", str(exc))
+            continue
+        old.append(text)
+    lifetime = _duration(s, "link_lifetime", 3600.0, low=60.0, high=30 * 86400.0)
+    max_wait = _duration(s, "max_wait", 600.0, low=10.0, high=86400.0)
+    s.warn_unknown()
+    # A configuration without the section (older than guest links) loads quietly with guests off.
+    section_given = top.raw("guests") is not None
+    if (
+        enabled
+        and section_given
+        and not key_text
+        and not s.problems.errors_at(s.key_path(key_name or "signing_key"))
+    ):
+        s.problems.warn(
+            "guests.signing_key",
+            "not set: guest links are disabled (visio-matrix generate-config writes a key; "
+            "or set guests.enabled: false)",
+        )
+        enabled = False
+    return GuestsConfig(
+        enabled=enabled and bool(key_text),
+        signing_key=key_text if enabled else "",
+        old_public_keys=tuple(old),
+        link_lifetime=lifetime,
+        max_wait=max_wait,
+    )
+
+
 def validate(data: object, base_dir: Path) -> tuple[Config | None, Problems]:
     """Read everything; the config is None when there were errors (see ``problems.errors``)."""
     problems = Problems()
@@ -494,6 +577,7 @@ def validate(data: object, base_dir: Path) -> tuple[Config | None, Problems]:
         logging=_logging(top),
         metrics=_metrics(top),
         focus=_focus(top, base_dir, appservice),
+        guests=_guests(top, base_dir),
     )
     top.warn_unknown()
     return (None if problems.errors else config), problems

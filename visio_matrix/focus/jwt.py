@@ -61,15 +61,21 @@ class VisioClaim:
     room_id: str
     slot_id: str
     can_open: bool
+    # A guest admitted from the lobby (``user_id`` is ``guest:<guest_id>``, no Matrix account): only
+    # the lobby issues such tokens. Absent from the claim means False.
+    guest: bool = False
 
     def to_claim(self) -> dict[str, object]:
-        return {
+        claim: dict[str, object] = {
             "user_id": self.user_id,
             "device_id": self.device_id,
             "room_id": self.room_id,
             "slot_id": self.slot_id,
             "can_open": self.can_open,
         }
+        if self.guest:
+            claim["guest"] = True
+        return claim
 
 
 @dataclass(frozen=True)
@@ -250,4 +256,7 @@ def _visio(claim: object) -> VisioClaim:
     can_open = claim.get("can_open")
     if not isinstance(can_open, bool):
         raise TokenError(f"token claim {VISIO_CLAIM}.can_open must be true or false")
-    return VisioClaim(can_open=can_open, **fields)
+    guest = claim.get("guest", False)
+    if not isinstance(guest, bool):
+        raise TokenError(f"token claim {VISIO_CLAIM}.guest must be true or false")
+    return VisioClaim(can_open=can_open, guest=guest, **fields)

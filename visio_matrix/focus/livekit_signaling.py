@@ -78,6 +78,7 @@ _HUB_ERRORS = {
     "server_not_allowed": 403,
     "no_conference": 404,
     "bad_sdp": 400,
+    "bad_guest": 403,
 }
 
 
@@ -152,6 +153,7 @@ class LiveKitSignaling:
                 start_if_none=visio.can_open,
                 # /get_token and /sfu/get identities of one device are two LiveKit participants.
                 session_key=f"livekit:{claims.identity}",
+                guest=visio.guest,
             )
         except HubError as exc:
             status = _HUB_ERRORS.get(exc.code, 500)
