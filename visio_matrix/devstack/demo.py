@@ -186,6 +186,16 @@ async def check_focus_discovery(stack: DemoStack, user: MatrixUser) -> bool:
         print(f"[check] FAILED: the homeserver does not advertise {wanted} (got HTTP {resp.status}: {body})")
         return False
     print(f"[check] MatrixRTC focus advertised: {stack.service_url}")
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{stack.service_url}/call/") as page:
+            html = await page.text()
+    except aiohttp.ClientError as exc:
+        print(f"[check] FAILED: call page: {exc}")
+        return False
+    if page.status != 200 or "<html" not in html.lower():
+        print(f"[check] FAILED: the call page at {stack.service_url}/call/ answered HTTP {page.status}")
+        return False
+    print(f"[check] browser call page served: {stack.service_url}/call/")
     return True
 
 
@@ -285,6 +295,7 @@ visio-matrix demo is running.
   Homeserver (Synapse):  {stack.hs.base_url}   (server name {stack.hs.server_name})
   visio-matrix service:  {stack.service_url}   (health: /health/ready, metrics: /metrics)
   MatrixRTC focus:       {stack.service_url}   (advertised by the homeserver to Element Call)
+  Browser call page:     {stack.service_url}/call/   (room widget; `!visio link` makes guest links)
   Bot:                   {stack.bot_user_id}
   Demo users:            {", ".join(f"@{u}:{stack.hs.server_name}" for u, _ in DEMO_USERS)}
   Password (all):       {password}
