@@ -109,3 +109,22 @@ async def test_an_offer_left_unanswered_ends_that_participants_call() -> None:
     hangups = [r for r in channel.requests if r[0][1] == "m.call.hangup"]
     assert [r[0][0] for r in hangups] == ["B"]
     await calls.stop()
+
+
+def test_stream_metadata_names_matrix_users_only() -> None:
+    """A guest's id is not a Matrix user ID: naming it would make clients refuse the whole message."""
+    from visio_matrix.calls.todevice import stream_metadata
+    from visio_matrix.relay.api import StreamInfo
+    from visio_matrix.signaling.build import stream_metadata_content
+    from visio_matrix.signaling.parse import parse_stream_metadata
+
+    def info(stream: str, user: str, device: str) -> StreamInfo:
+        return StreamInfo(
+            stream, "t", "0", "video", "m.usermedia", "PA_x", "t", {"user_id": user, "device_id": device}
+        )
+
+    metadata = stream_metadata((info("s1", "@alice:hs", "ALICE"), info("s2", "guest:Zx9", "Zx9")))
+    assert metadata["s1"].user_id == "@alice:hs"
+    assert metadata["s2"].user_id is None and metadata["s2"].device_id == "Zx9"
+    parsed = parse_stream_metadata(stream_metadata_content(metadata), "sdp_stream_metadata")
+    assert parsed["s1"].user_id == "@alice:hs"  # the whole map parses on the client side

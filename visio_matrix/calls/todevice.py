@@ -48,6 +48,7 @@ from visio_matrix.signaling.messages import (
     SignalingError,
     StreamMetadata,
 )
+from visio_matrix.signaling.parse import USER_ID_RE
 from visio_matrix.tasks import TaskOwner
 
 from .hub_api import HubApi as _HubApi
@@ -97,12 +98,17 @@ class Hub(_HubApi, Protocol):
 
 
 def stream_metadata(streams: tuple[StreamInfo, ...]) -> dict[str, StreamMetadata]:
-    """What the participant receives, per msid stream id, with whose media it is."""
+    """What the participant receives, per msid stream id, with whose media it is.
+
+    Only Matrix users are named by ``user_id`` (clients check it is one: a guest's ``guest:...`` id
+    would make them refuse the whole message); a guest's stream carries its public id as ``device_id``.
+    """
     out: dict[str, StreamMetadata] = {}
     for s in streams:
+        user_id = s.publisher_metadata.get("user_id")
         out[s.stream_id] = StreamMetadata(
             purpose=s.purpose,
-            user_id=s.publisher_metadata.get("user_id"),
+            user_id=user_id if user_id and USER_ID_RE.fullmatch(user_id) else None,
             device_id=s.publisher_metadata.get("device_id"),
         )
     return out
