@@ -1,7 +1,9 @@
 """The composition root: builds every component of one service instance, starts and stops them.
 
-Start order: store -> bot device (keys, first /sync) -> relay -> conference hub (+ room status) ->
-room bot -> housekeeping -> HTTP listener -> appservice ping. Stop order is the reverse. Nothing else in the package builds components or holds globals.
+Start order: store -> bot device (keys, first /sync) -> relay -> conference hub (+ its listeners:
+room status, room widget) -> transports and commands (DM calls, guests, room bot, to-device calls)
+-> housekeeping -> focus (token service, LiveKit signaling) -> HTTP listener -> appservice ping.
+Stop order is the reverse. Nothing else in the package builds components or holds globals.
 """
 
 from __future__ import annotations
