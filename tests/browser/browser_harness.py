@@ -71,6 +71,14 @@ def require_browser() -> str:
     return CHROMIUM
 
 
+def require_call_page() -> None:
+    """The service's call page (``visio_matrix/web/app``) must be built; ``scripts/test`` builds it."""
+    from visio_matrix.web.pages import DEFAULT_STATIC_DIR
+
+    if not (DEFAULT_STATIC_DIR / "index.html").is_file():
+        _unavailable("the call page is not built (npm ci && npm run build in visio_matrix/web/app)")
+
+
 # ---- the page -----------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from browser_harness import CHROMIUM_ARGS, IN_CI, require_browser
+from browser_harness import CHROMIUM_ARGS, require_browser, require_call_page
 from synapse_fixtures import ServiceStack, SynapseFactory, service_stack
 
 from visio_matrix.app import Service
@@ -82,11 +82,7 @@ async def site(service: Service) -> AsyncIterator[str]:
     """Base URL of a server with the page routes (app.py does not mount them yet), the widget host,
     and `/sfu/get` passed through to the service's real token service (the page asks `../sfu/get`)."""
     require_browser()
-    if not (DEFAULT_STATIC_DIR / "index.html").is_file():
-        why = "the call page is not built (npm ci && npm run build in visio_matrix/web/app; scripts/test does it)"
-        if IN_CI:
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
+    require_call_page()
     token_url = service.config.focus.public_url.rstrip("/") + "/sfu/get"
     session = aiohttp.ClientSession()
 

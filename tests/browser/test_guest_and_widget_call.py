@@ -30,7 +30,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from browser_harness import CHROMIUM_ARGS, IN_CI, require_browser
+from browser_harness import CHROMIUM_ARGS, require_browser, require_call_page
 from synapse_fixtures import PASSWORD, ServiceStack, SynapseFactory, service_stack
 
 from visio_matrix.app import Service
@@ -42,7 +42,6 @@ from visio_matrix.devstack.call_check import loopback_pc
 from visio_matrix.devstack.user import MatrixUser, MessageView
 from visio_matrix.web.guest_api import public_guest_id
 from visio_matrix.web.guest_links import link_url, load_private_key, new_link, sign_link
-from visio_matrix.web.pages import DEFAULT_STATIC_DIR
 from visio_matrix.web.widget import TEMPLATE_PARAMS, widget_url
 
 if TYPE_CHECKING:
@@ -67,11 +66,7 @@ async def stack(synapse_factory: SynapseFactory, tmp_path_factory: pytest.TempPa
 async def base(service: Service) -> str:
     """The service's public base URL (the appservice listener), after checking that the page is built."""
     require_browser()
-    if not (DEFAULT_STATIC_DIR / "index.html").is_file():
-        why = "the call page is not built (npm ci && npm run build in visio_matrix/web/app; scripts/test does it)"
-        if IN_CI:
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
+    require_call_page()
     assert service.config.guests.enabled, "generate-config writes a guest link signing key"
     return service.config.focus.public_url.rstrip("/")
 

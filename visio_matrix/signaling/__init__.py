@@ -1,11 +1,12 @@
 """Call signaling: typed ``m.call.*`` messages and pure state machines (no I/O, no asyncio).
 
 - ``messages`` / ``parse`` / ``build``: the spec's VoIP events (MSC2746, MSC3077) as frozen dataclasses;
-- ``conference`` / ``conference_call``: our conference protocol over Olm to-device (docs/protocol.md);
+- ``conference``: our conference protocol over Olm to-device (docs/protocol.md; the per-call rules are
+  kept by its async shell, ``calls.todevice``);
 - ``one_to_one`` / ``one_to_one_room``: the bot's side of 1:1 room calls with unmodified clients;
-- ``negotiation``: who may offer when during renegotiation (shared by both state machines);
-- ``candidates``: ICE candidate batching;
-- ``actions``: the decisions the state machines return to the async shell in ``calls/``.
+- ``negotiation``: who may offer when during renegotiation;
+- ``envelope``: compressed messages for peers that read them;
+- ``actions``: the decisions the state machine returns to the async shell in ``calls/``.
 """
 
 from visio_matrix.signaling.actions import (
@@ -31,7 +32,6 @@ from visio_matrix.signaling.build import (
     build_stream_metadata_changed,
     message_content,
 )
-from visio_matrix.signaling.candidates import CandidateBatcher
 from visio_matrix.signaling.conference import (
     ConferenceMessage,
     GroupFields,
@@ -47,7 +47,6 @@ from visio_matrix.signaling.conference import (
     parse_conference_message,
     refuse_invite,
 )
-from visio_matrix.signaling.conference_call import BotEndpoint, ConferenceCallState, ConferenceState
 from visio_matrix.signaling.messages import (
     CALL_EVENT_TYPES,
     DEFAULT_LIMITS,
@@ -86,7 +85,6 @@ __all__ = [
     "Action",
     "AddCandidates",
     "ApplyOffer",
-    "BotEndpoint",
     "CallAction",
     "CallAnswer",
     "CallCandidates",
@@ -99,11 +97,8 @@ __all__ = [
     "CallSelectAnswer",
     "CallStreamMetadataChanged",
     "Candidate",
-    "CandidateBatcher",
     "CandidateEntry",
-    "ConferenceCallState",
     "ConferenceMessage",
-    "ConferenceState",
     "Direction",
     "EndCall",
     "EndOfCandidates",

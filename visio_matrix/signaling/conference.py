@@ -4,7 +4,8 @@ The messages are the ``m.call.*`` ones of the 1:1 spec (MSC2746) plus the group 
 MSC3401/MSC3898: ``conf_id``, ``device_id``, ``sender_session_id``, ``dest_session_id``, ``seq``.
 ``m.call.invite`` also carries ``room_id`` (and, from the bot after a restart, ``io.visio.replaces``);
 the bot's ``m.call.hangup`` carries ``io.visio.reason`` and ``io.visio.message``. docs/protocol.md is the
-reference for client implementers; ``conference_call`` holds the per-call state machine.
+reference for client implementers; the per-call rules are kept by ``calls.todevice`` (bot side) and
+``client.session`` (participant side).
 """
 
 from __future__ import annotations
