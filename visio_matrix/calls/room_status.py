@@ -121,7 +121,6 @@ class RoomStatus:
         self._dirty: dict[str, str] = {}  # room id -> conference id
         self._wake = asyncio.Event()
         self._tasks = TaskOwner("room-status")
-        self.edits_sent = 0
 
     def start(self) -> None:
         self._tasks.spawn(self._worker(), "edits")
@@ -173,7 +172,6 @@ class RoomStatus:
             return
         content = status_content(record, self._hub.participants(room_id), self._focus)
         await self._io.send(room_id, "m.room.message", edit_of(record.state_event_id, content))
-        self.edits_sent += 1
 
     async def _ended(self, event: ConferenceEnded) -> None:
         try:

@@ -34,8 +34,6 @@ class RoomWidget:
         self._io = io
         self._content_for = content_for  # room id -> widget state content
         self._tasks = TaskOwner("room-widget")
-        self.added: list[str] = []
-        self.refused: list[str] = []
 
     async def stop(self) -> None:
         await self._tasks.close()
@@ -50,8 +48,4 @@ class RoomWidget:
         try:
             await self._io.put_state(room_id, WIDGET_EVENT_TYPE, WIDGET_ID, content)
         except Exception as exc:  # the homeserver refused (power level) or is unreachable
-            self.refused.append(room_id)
             log.info("could not %s the call widget in %s: %s", "add" if content else "remove", room_id, exc)
-            return
-        if content:
-            self.added.append(room_id)

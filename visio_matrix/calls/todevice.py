@@ -133,7 +133,6 @@ class _Call:
     awaiting_answer: bool = False  # our offer (invite or negotiate) is unanswered
     offered_at: float = 0.0  # clock time of that offer
     ended: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
     # Set once our answer (or re-invite) is sent: the hub may ask for a new offer before that, and the
     # participant must get the answer first (its peer connection cannot take an offer before it).
     opened: asyncio.Event = field(default_factory=asyncio.Event)
@@ -274,7 +273,6 @@ class ToDeviceCalls:
         self._workers: dict[tuple[str, str], asyncio.Queue[Callable[[], Awaitable[None]]]] = {}
         self._tasks = TaskOwner("todevice-calls")
         self._batcher = _Batcher(channel, self._tasks)
-        self.refused = 0
 
     def now(self) -> float:
         return self._clock.now()
@@ -371,7 +369,6 @@ class ToDeviceCalls:
         log.warning(
             "unencrypted %s from %s refused: call signaling must be Olm-encrypted", msg.type, msg.sender
         )
-        self.refused += 1
         if isinstance(call_id, str) and isinstance(device, str) and msg.type == "m.call.invite":
             content = build_conference_hangup(
                 call_id[:255], self.party_id, self._bare_group(), VisioReason.NOT_ENCRYPTED
@@ -394,7 +391,6 @@ class ToDeviceCalls:
         self._enqueue(key, lambda: self._handle(key, msg))
 
     async def _refuse_unverified(self, msg: SecureToDevice) -> None:
-        self.refused += 1
         log.warning(
             "%s from %s (device %s) refused: no published device of that user matches the Olm session",
             msg.type,
@@ -461,7 +457,6 @@ class ToDeviceCalls:
             log.debug("%s from %s %s: nothing to do", msg.type, *key)
 
     async def _bad_message(self, key: tuple[str, str], msg: SecureToDevice, error: SignalingError) -> None:
-        self.refused += 1
         log.warning("bad %s from %s %s: %s", msg.type, key[0], key[1], error)
         call_id = msg.content.get("call_id")
         if not isinstance(call_id, str) or not call_id or len(call_id) > 255:
@@ -530,7 +525,6 @@ class ToDeviceCalls:
                 },
             )
         except HubError as exc:
-            self.refused += 1
             reason = _REASON_FOR_HUB_CODE.get(exc.code, VisioReason.BAD_REQUEST)
             log.info(
                 "invite from %s %s to %s refused: %s (%s)", key[0], key[1], invite.room_id, exc.code, exc
