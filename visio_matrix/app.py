@@ -1,7 +1,8 @@
 """The composition root: builds every component of one service instance, starts and stops them.
 
 Start order: store -> bot device (keys, first /sync) -> relay -> conference hub (+ its listeners:
-room status, room widget) -> transports and commands (DM calls, guests, room bot, to-device calls)
+room status, room widget) -> transports and commands (DM calls, guests, room bot, federation links
+when ``federation.peers`` is set, to-device calls)
 -> housekeeping -> focus (token service, LiveKit signaling) -> HTTP listener -> appservice ping.
 Stop order is the reverse. Nothing else in the package builds components or holds globals.
 """
@@ -22,6 +23,7 @@ from visio_matrix.appservice.http import build_routes, matrix_errors_middleware
 from visio_matrix.appservice.transactions import TransactionProcessor
 from visio_matrix.calls.direct_rooms import BotRooms
 from visio_matrix.calls.dm_calls import DmCalls
+from visio_matrix.calls.federation import FederationLinks
 from visio_matrix.calls.hub import ConferenceHub
 from visio_matrix.calls.room_access import BotRoomAccess
 from visio_matrix.calls.room_bot import RoomBot, notice
@@ -31,6 +33,7 @@ from visio_matrix.calls.todevice import ToDeviceCalls
 from visio_matrix.clock import Clock, SystemClock
 from visio_matrix.config import Config
 from visio_matrix.crypto.bot_device import BotDevice
+from visio_matrix.crypto.peer_trust import PeerTrust
 from visio_matrix.focus.livekit_signaling import LiveKitSignaling, livekit_routes
 from visio_matrix.focus.tokens import TokenService, focus_routes, token_service_from_config
 from visio_matrix.housekeeping import Housekeeping
@@ -64,6 +67,7 @@ class Service:
         self._hub: ConferenceHub | None = None
         self._status: RoomStatus | None = None
         self._todevice: ToDeviceCalls | None = None
+        self._federation: FederationLinks | None = None
         self._tokens: TokenService | None = None
         self._dm: DmCalls | None = None
         self._signaling: LiveKitSignaling | None = None
@@ -103,6 +107,11 @@ class Service:
     def guests(self) -> GuestService:
         assert self._guests is not None, "service not started, or guests are disabled"
         return self._guests
+
+    @property
+    def federation(self) -> FederationLinks:
+        assert self._federation is not None, "service not started, or no federation.peers configured"
+        return self._federation
 
     @property
     def bot(self) -> RoomBot:
@@ -185,8 +194,29 @@ class Service:
             )
             await self._bot.start()
             await self._dm.start(self._hub.take_restorable("dm"))
+            if cfg.federation.peers:
+                self._federation = FederationLinks(
+                    self._device.to_device,
+                    self._hub,
+                    PeerTrust(cfg.federation, self._device, self.clock),
+                    self._device,
+                    BotRoomAccess(self._device),
+                    cfg.policy,
+                    cfg.federation,
+                    cfg.homeserver.server_name,
+                    self.bot_user_id,
+                    self._device.device_id,
+                    self.clock,
+                )
+                self._hub.add_listener(self._federation)
+                self._federation.start()
             self._todevice = ToDeviceCalls(
-                self._device.to_device, self._hub, self.bot_user_id, self._device.device_id, self.clock
+                self._device.to_device,
+                self._hub,
+                self.bot_user_id,
+                self._device.device_id,
+                self.clock,
+                handled_elsewhere=self._federation.is_peer_bot if self._federation else None,
             )
             self._todevice.start()
             self._housekeeping = Housekeeping(self._store, self.clock)
@@ -248,6 +278,9 @@ class Service:
         if self._dm is not None:
             await self._dm.stop()
             self._dm = None
+        if self._federation is not None:
+            await self._federation.stop()  # tells linked ministries first: they retry until we are back
+            self._federation = None
         if self._todevice is not None:
             await self._todevice.stop()
             self._todevice = None

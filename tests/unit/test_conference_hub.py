@@ -17,6 +17,7 @@ from visio_matrix.calls.hub_api import (
     Identity,
     ParticipantJoined,
     ParticipantRemoved,
+    RelayLinkOptions,
     RemovalReason,
     TrackAdded,
 )
@@ -42,6 +43,7 @@ class FakeConference:
     def __init__(self, conference_id: str) -> None:
         self.conference_id = conference_id
         self.members: dict[str, str | None] = {}
+        self.roles: dict[str, dict[str, object]] = {}
         self.removed: list[str] = []
 
     async def add_participant(
@@ -52,10 +54,12 @@ class FakeConference:
         mode: str = "sfu",
         metadata: Mapping[str, str] | None = None,
         stream_purposes: Mapping[str, str] | None = None,
+        **link_role: object,
     ) -> Negotiated:
         if offer_sdp == "bad":
             raise NegotiationError("no forwardable codec in section 0")
         self.members[participant_id] = offer_sdp
+        self.roles[participant_id] = dict(link_role)
         return Negotiated("answer" if offer_sdp else "offer", ())
 
     async def remove_participant(self, participant_id: str) -> None:
@@ -121,7 +125,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 class Setup:
-    def __init__(self, store: Store, members: Members) -> None:
+    def __init__(self, store: Store, members: Members, policy: PolicyConfig | None = None) -> None:
         self.relay = FakeRelay()
         self.events: asyncio.Queue[RelayEvent] = asyncio.Queue()
         self.clock = FakeClock()
@@ -130,7 +134,7 @@ class Setup:
             self.events,
             store,
             members,
-            PolicyConfig(allowed_servers=("hs",)),
+            policy or PolicyConfig(allowed_servers=("hs",)),
             self.clock,
             Metrics(),
         )
@@ -336,4 +340,104 @@ async def test_session_key_lets_one_device_hold_two_livekit_connections(store: S
     await settle()
     assert subscribe.closed_reasons == [RemovalReason.REPLACED] and publish.closed_reasons == []
     assert len(s.hub.participants(ROOM)) == 2
+    await s.hub.stop()
+
+
+# ---- federation links (calls/federation.py drives these) -----------------------------------------
+
+PEER_BOT = Identity("@visio:other", "PEERDEV")
+
+
+async def test_a_relay_link_joins_with_the_link_role_outside_allowed_servers(store: Store) -> None:
+    """The peer bot is not one of our users: no server policy check, but it must be in the room."""
+    s = Setup(store, Members("@alice:hs", PEER_BOT.user_id))
+    await s.hub.start()
+    await s.hub.start_conference(ROOM, "@alice:hs")
+    options = RelayLinkOptions(
+        "other", allow_onward=False, onward_ok=True, stream_owners={"s": {"user_id": "@u:other"}}
+    )
+    joined = await s.hub.join(
+        ROOM,
+        PEER_BOT,
+        Link(),
+        transport="federation",
+        offer_sdp="o",
+        mode="sfu_answer_only",
+        relay_link=options,
+    )
+    conference = next(iter(s.relay.conferences.values()))
+    assert conference.roles[joined.participant_id] == {
+        "link": True,
+        "allow_onward": False,
+        "onward_ok": True,
+        "stream_owners": {"s": {"user_id": "@u:other"}},
+    }
+    view = s.hub.participant(joined.participant_id)
+    assert view is not None and view.link_server == "other"
+    assert s.hub.local_participants(ROOM) == ()
+    with pytest.raises(HubError) as caught:  # a user of that server still cannot join here
+        await s.hub.join(ROOM, Identity("@u:other", "U"), Link(), transport="todevice", offer_sdp="o")
+    assert caught.value.code == "server_not_allowed"
+    s2 = Setup(store, Members("@alice:hs"))  # the peer bot is not in the room: refused
+    await s2.hub.start()
+    with pytest.raises(HubError) as caught:
+        await s2.hub.join(ROOM, PEER_BOT, Link(), transport="federation", offer_sdp="o", relay_link=options)
+    assert caught.value.code == "not_a_member"
+    await s.hub.stop()
+    await s2.hub.stop()
+
+
+async def test_max_participants_counts_the_far_side(store: Store) -> None:
+    policy = PolicyConfig(allowed_servers=("hs",), max_participants=3)
+    s = Setup(store, Members("@alice:hs", "@bob:hs", "@carol:hs", PEER_BOT.user_id), policy)
+    await s.hub.start()
+    await s.hub.start_conference(ROOM, "@alice:hs")
+    await s.hub.join(ROOM, Identity("@alice:hs", "A"), Link(), transport="todevice", offer_sdp="o")
+    await s.hub.join(  # the link itself does not count
+        ROOM, PEER_BOT, Link(), transport="federation", offer_sdp="o", relay_link=RelayLinkOptions("other")
+    )
+    await s.hub.set_remote_participants(ROOM, "other", (Identity("@u:other", "U"),))
+    await s.hub.join(ROOM, Identity("@bob:hs", "B"), Link(), transport="todevice", offer_sdp="o")
+    with pytest.raises(HubError) as caught:
+        await s.hub.join(ROOM, Identity("@carol:hs", "C"), Link(), transport="todevice", offer_sdp="o")
+    assert caught.value.code == "conference_full" and "3" in str(caught.value)
+    await s.hub.set_remote_participants(ROOM, "other", ())
+    await s.hub.join(ROOM, Identity("@carol:hs", "C"), Link(), transport="todevice", offer_sdp="o")
+    await s.hub.stop()
+
+
+async def test_the_call_goes_on_while_the_far_side_has_people(store: Store) -> None:
+    s = Setup(store, Members("@alice:hs", PEER_BOT.user_id))
+    await s.hub.start()
+    await s.hub.start_conference(ROOM, "@alice:hs")
+    alice = await s.hub.join(ROOM, Identity("@alice:hs", "A"), Link(), transport="todevice", offer_sdp="o")
+    link = await s.hub.join(
+        ROOM, PEER_BOT, Link(), transport="federation", offer_sdp="o", relay_link=RelayLinkOptions("other")
+    )
+    conference_id = alice.conference_id
+    await s.events.put(ParticipantConnected(conference_id, link.participant_id))
+    await s.events.put(ParticipantConnected(conference_id, alice.participant_id))
+    await settle()
+    await s.hub.set_remote_participants(ROOM, "other", (Identity("@u:other", "U"),))
+    await s.hub.leave(alice.participant_id)
+    assert await store.get_active_conference(ROOM) is not None  # @u:other is still in, over the link
+    assert s.hub.remote_participants(ROOM) == {"other": (Identity("@u:other", "U"),)}
+    await s.hub.set_remote_participants(ROOM, "other", ())  # and now nobody anywhere: it ends
+    assert await store.get_active_conference(ROOM) is None
+    assert s.recorder.of(ConferenceEnded)
+    await s.hub.stop()
+
+
+async def test_only_a_linked_call_nobody_was_in_does_not_end(store: Store) -> None:
+    """A link connecting is not someone being in the call."""
+    s = Setup(store, Members("@alice:hs", PEER_BOT.user_id))
+    await s.hub.start()
+    await s.hub.start_conference(ROOM, "@alice:hs")
+    link = await s.hub.join(
+        ROOM, PEER_BOT, Link(), transport="federation", offer_sdp="o", relay_link=RelayLinkOptions("other")
+    )
+    await s.events.put(ParticipantConnected(link.conference_id, link.participant_id))
+    await settle()
+    await s.hub.leave(link.participant_id)
+    assert await store.get_active_conference(ROOM) is not None
     await s.hub.stop()

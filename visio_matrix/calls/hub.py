@@ -50,11 +50,13 @@ from .hub_api import (
     HubListener,
     Identity,
     Joined,
+    LinkStatusChanged,
     ParticipantConnectedEvent,
     ParticipantJoined,
     ParticipantLink,
     ParticipantRemoved,
     ParticipantView,
+    RelayLinkOptions,
     RemovalReason,
     SpeakerChanged,
     TrackAdded,
@@ -153,6 +155,15 @@ class _Room:
     # Only a call someone was really in ends by itself when it empties: a declined ring or a failed
     # first join leaves a freshly started call running.
     ever_connected: bool = False
+    # Federation: the far sides' participants, per linked server, as their bots report them.
+    remote: dict[str, tuple[Identity, ...]] = field(default_factory=dict)
+
+    def local(self) -> list[_Participant]:
+        """Participants served here (not links to other ministries' relays)."""
+        return [p for p in self.participants.values() if p.view.link_server is None]
+
+    def head_count(self) -> int:
+        return len(self.local()) + sum(len(r) for r in self.remote.values())
 
 
 class ConferenceHub:
@@ -317,13 +328,25 @@ class ConferenceHub:
         transport_data: Mapping[str, str] | None = None,
         session_key: str | None = None,
         guest: bool = False,
+        relay_link: RelayLinkOptions | None = None,
     ) -> Joined:
-        if guest:
+        if relay_link is not None:
+            # Another ministry's relay: its bot must be in the room; the transport checked the rest.
+            if not await self._access.is_joined(room_id, identity.user_id):
+                raise HubError("not_a_member", "The linking bot is not a member of the room.")
+        elif guest:
             # Admitted from the lobby by a room member: no Matrix account, so no membership to check.
             if not identity.user_id.startswith(GUEST_USER_PREFIX):
                 raise HubError("bad_guest", "A guest's identity must start with 'guest:'.")
         else:
             if not self._policy.user_allowed(identity.user_id):
+                server = identity.user_id.partition(":")[2]
+                if self._policy.link_allowed(server):
+                    raise HubError(
+                        "server_not_allowed",
+                        f"Call through your own ministry's bot: users of {server} are served by it, "
+                        "and the two calls are linked.",
+                    )
                 raise HubError(
                     "server_not_allowed", "Users of your homeserver may not join calls on this service."
                 )
@@ -336,18 +359,36 @@ class ConferenceHub:
             key = (identity.user_id, session_key or identity.device_id)
             for old in [p for p in room.participants.values() if (p.view.identity.user_id, p.key) == key]:
                 await self._remove(room, old.view.participant_id, RemovalReason.REPLACED, notify=True)
+            if relay_link is None and room.head_count() >= self._policy.max_participants:
+                raise HubError(
+                    "conference_full",
+                    f"The call is full ({self._policy.max_participants} participants at most).",
+                )
             pid = new_participant_id()
             # The relay emits events for this participant (its tracks) while add_participant runs:
             # they wait here until it is registered, then are handled in order.
             self._joining[pid] = []
             try:
-                negotiated = await room.relay.add_participant(
-                    pid,
-                    offer_sdp=offer_sdp,
-                    mode=mode,
-                    metadata={"user_id": identity.user_id, "device_id": identity.device_id},
-                    stream_purposes=stream_purposes,
-                )
+                metadata = {"user_id": identity.user_id, "device_id": identity.device_id}
+                if relay_link is None:
+                    negotiated = await room.relay.add_participant(
+                        pid,
+                        offer_sdp=offer_sdp,
+                        mode=mode,
+                        metadata=metadata,
+                        stream_purposes=stream_purposes,
+                    )
+                else:
+                    negotiated = await room.relay.add_participant(
+                        pid,
+                        offer_sdp=offer_sdp,
+                        mode=mode,
+                        metadata=metadata,
+                        link=True,
+                        allow_onward=relay_link.allow_onward,
+                        onward_ok=relay_link.onward_ok,
+                        stream_owners=relay_link.stream_owners,
+                    )
             except RelayError as exc:
                 self._joining.pop(pid, None)
                 raise HubError("bad_sdp", f"The call could not be set up: {exc}") from exc
@@ -355,7 +396,16 @@ class ConferenceHub:
                 self._joining.pop(pid, None)
                 raise
             now = self._clock.wall_ms()
-            view = ParticipantView(pid, room.record.conference_id, room_id, identity, transport, now, False)
+            view = ParticipantView(
+                pid,
+                room.record.conference_id,
+                room_id,
+                identity,
+                transport,
+                now,
+                False,
+                relay_link.server_name if relay_link else None,
+            )
             room.participants[pid] = _Participant(
                 view, link, _Outbox(pid, self._outbox_tasks), session_key or identity.device_id
             )
@@ -390,20 +440,78 @@ class ConferenceHub:
         return room
 
     async def apply_offer(
-        self, participant_id: str, offer_sdp: str, stream_purposes: Mapping[str, str] | None = None
+        self,
+        participant_id: str,
+        offer_sdp: str,
+        stream_purposes: Mapping[str, str] | None = None,
+        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Negotiated:
         room = self._room_of(participant_id)
         try:
+            if stream_owners is not None:
+                return await room.relay.apply_offer(participant_id, offer_sdp, stream_purposes, stream_owners)
             return await room.relay.apply_offer(participant_id, offer_sdp, stream_purposes)
         except RelayError as exc:
             raise HubError("bad_sdp", f"The new offer was refused: {exc}") from exc
 
-    async def accept_answer(self, participant_id: str, answer_sdp: str) -> None:
+    async def accept_answer(
+        self,
+        participant_id: str,
+        answer_sdp: str,
+        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         room = self._room_of(participant_id)
         try:
-            await room.relay.accept_answer(participant_id, answer_sdp)
+            if stream_owners is not None:
+                await room.relay.accept_answer(participant_id, answer_sdp, stream_owners)
+            else:
+                await room.relay.accept_answer(participant_id, answer_sdp)
         except RelayError as exc:
             raise HubError("bad_sdp", f"The answer was refused: {exc}") from exc
+
+    async def request_offer(self, participant_id: str, add_audio: int = 0, add_video: int = 0) -> None:
+        """A new relay offer for a link participant, with that many more receive sections (the far
+        relay needs them for its streams): it comes back through the link's ``send_offer``."""
+        room = self._room_of(participant_id)
+        try:
+            await room.relay.request_offer(participant_id, add_audio=add_audio, add_video=add_video)
+        except RelayError as exc:
+            raise HubError("bad_request", f"No new offer: {exc}") from exc
+
+    # ---- federation ------------------------------------------------------------------------------
+
+    async def set_remote_participants(
+        self, room_id: str, server_name: str, remote: tuple[Identity, ...]
+    ) -> None:
+        """What a linked ministry's bot reports as its side of the room's call (empty: none, or the
+        link is gone). Counts toward ``policy.max_participants`` and keeps the call from ending while
+        people are in it on the far side."""
+        room = self._rooms.get(room_id)
+        if room is None:
+            return
+        if remote:
+            room.remote[server_name] = remote
+            room.ever_connected = True
+        else:
+            room.remote.pop(server_name, None)
+        await self._end_if_empty(room)
+
+    async def active_rooms(self) -> list[str]:
+        """Rooms with an active conference (started here or brought in by a link), loaded or not."""
+        return [record.room_id for record in await self._store.list_active_conferences()]
+
+    def remote_participants(self, room_id: str) -> dict[str, tuple[Identity, ...]]:
+        room = self._rooms.get(room_id)
+        return dict(room.remote) if room else {}
+
+    def local_participants(self, room_id: str) -> tuple[ParticipantView, ...]:
+        """The room's participants served here (not the links to other ministries)."""
+        room = self._rooms.get(room_id)
+        return tuple(p.view for p in room.local()) if room else ()
+
+    async def announce(self, event: LinkStatusChanged) -> None:
+        """Tell every listener (room status) about a federation link's state."""
+        await self._emit(event)
 
     async def add_ice_candidate(
         self,
@@ -495,7 +603,8 @@ class ConferenceHub:
         if (
             not self._end_when_empty
             or not room.ever_connected
-            or room.participants
+            or room.local()
+            or any(room.remote.values())
             or self._rooms.get(room.room_id) is not room
         ):
             return
@@ -546,7 +655,7 @@ class ConferenceHub:
             p.outbox.put(lambda: p.link.send_offer(negotiated))
         elif isinstance(event, ParticipantConnected):
             p.view = replace(p.view, connected=True)
-            room.ever_connected = True
+            room.ever_connected = room.ever_connected or p.view.link_server is None
             await self._emit(ParticipantConnectedEvent(room.room_id, room.record.conference_id, p.view))
         elif isinstance(event, (ParticipantFailed, ParticipantLeft)):
             reason = (

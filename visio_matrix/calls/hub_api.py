@@ -51,6 +51,8 @@ class ParticipantView:
     transport: TransportName
     joined_at_ms: int
     connected: bool
+    # Set for another ministry's relay (federation link): the far homeserver's server name.
+    link_server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,21 @@ class Joined:
     conference_id: str
     room_id: str
     negotiated: Negotiated  # the relay's answer (participant offered) or offer (it did not)
+
+
+@dataclass(frozen=True)
+class RelayLinkOptions:
+    """The joining participant is another ministry's relay (federation, ``calls.federation``).
+
+    Its identity is the far ministry's bot (user and device); the hub checks that bot is in the room
+    but not ``policy.allowed_servers`` (the transport checked ``policy.link_servers`` and the bot's
+    keys). The relay gives it the link role (``relay/links.py``).
+    """
+
+    server_name: str  # the far homeserver
+    allow_onward: bool = False  # it may receive what other links bring (our policy.relay_onwards)
+    onward_ok: bool = False  # what it brings may go on to other links (its side's policy allows)
+    stream_owners: Mapping[str, Mapping[str, str]] | None = None  # its msid streams -> far-side user
 
 
 # ---- what the hub tells everyone about a conference -------------------------------------------------
@@ -127,6 +144,25 @@ class ConferenceEnded:
     participants: tuple[str, ...] = field(default_factory=tuple)  # user ids who took part, in join order
 
 
+LinkState = Literal["connecting", "linked", "unreachable", "refused", "closed"]
+
+
+@dataclass(frozen=True)
+class LinkStatusChanged:
+    """A federation link of the room's call changed state (announced by ``calls.federation``).
+
+    ``remote``: the far side's participants as its bot last reported them (empty unless linked).
+    """
+
+    room_id: str
+    conference_id: str
+    server_name: str
+    state: LinkState
+    since_ms: int
+    detail: str = ""
+    remote: tuple[Identity, ...] = ()
+
+
 HubEvent = (
     ParticipantJoined
     | ParticipantConnectedEvent
@@ -136,6 +172,7 @@ HubEvent = (
     | SpeakerChanged
     | ConferenceStarted
     | ConferenceEnded
+    | LinkStatusChanged
 )
 
 

@@ -198,7 +198,9 @@ class RoomBot:
         if membership != "invite":
             log.info("bot membership in %s is now %s (by %s)", event.room_id, membership, event.sender)
             return
-        if not self._server_allowed(event.sender):
+        if not self._server_allowed(event.sender) and not self._policy.link_allowed(
+            event.sender.partition(":")[2]
+        ):
             log.warning(
                 "refusing invite to %s from %s: server not allowed by policy", event.room_id, event.sender
             )
@@ -271,6 +273,10 @@ class RoomBot:
             "command %s from %s in %s (encrypted=%s)", command.name, event.sender, event.room_id, encrypted
         )
         if not self._server_allowed(event.sender):
+            if self._policy.link_allowed(event.sender.partition(":")[2]):
+                # A linked ministry's user: its own bot answers (one call, each ministry serving its own).
+                log.info("command from %s left to its own ministry's bot", event.sender)
+                return
             await self._reply(
                 event, "Sorry, users of your homeserver may not use this service.", command, "denied"
             )

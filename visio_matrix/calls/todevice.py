@@ -61,6 +61,7 @@ OFFER_TIMEOUT_S = BOT_INVITE_LIFETIME_MS / 1000  # an offer of ours unanswered t
 OFFER_CHECK_INTERVAL_S = 5.0
 
 _REASON_FOR_HUB_CODE = {
+    "conference_full": VisioReason.CONFERENCE_FULL,
     "not_a_member": VisioReason.NOT_A_MEMBER,
     "server_not_allowed": VisioReason.SERVER_NOT_ALLOWED,
     "no_conference": VisioReason.NO_CONFERENCE,
@@ -261,8 +262,11 @@ class ToDeviceCalls:
         bot_user_id: str,
         bot_device_id: str,
         clock: Clock,
+        handled_elsewhere: Callable[[str], bool] | None = None,
     ) -> None:
         self.channel = channel
+        # Senders whose signaling another transport handles (peer ministries' bots: calls.federation).
+        self._handled_elsewhere = handled_elsewhere or (lambda _sender: False)
         self._hub = hub
         self.bot_user_id = bot_user_id
         self.bot_device_id = bot_device_id
@@ -362,7 +366,7 @@ class ToDeviceCalls:
     # ---- receiving -----------------------------------------------------------------------------
 
     async def _on_plain(self, msg: PlainToDevice) -> None:
-        if msg.type not in CALL_EVENT_TYPES:
+        if msg.type not in CALL_EVENT_TYPES or self._handled_elsewhere(msg.sender):
             return
         call_id = msg.content.get("call_id")
         device = msg.content.get("device_id")
@@ -379,7 +383,7 @@ class ToDeviceCalls:
         return GroupFields("", self.bot_device_id, self.session_id, dest_session, 0)
 
     async def _on_secure(self, msg: SecureToDevice) -> None:
-        if msg.type not in CALL_EVENT_TYPES:
+        if msg.type not in CALL_EVENT_TYPES or self._handled_elsewhere(msg.sender):
             return
         if not msg.verified:
             msg = await self.channel.refresh_sender(msg)

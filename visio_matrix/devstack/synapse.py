@@ -320,6 +320,13 @@ class LocalSynapse:
             config["tls_certificate_path"] = str(self.tls_cert_path)
             config["tls_private_key_path"] = str(self.tls_key_path)
             config["federation_verify_certificates"] = False
+            # A peer that was down is retried after 10 minutes by default: too long for a local stack
+            # where tests stop and restart homeservers (Synapse also retries at once when the peer
+            # contacts it again).
+            config["federation"] = {
+                "destination_min_retry_interval": "1s",
+                "destination_max_retry_interval": "5s",
+            }
         if self.rtc_focus_url is not None:
             config = deep_merge(config, matrix_rtc_config(self.rtc_focus_url))
         return deep_merge(config, self.extra_config)

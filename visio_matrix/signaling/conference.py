@@ -67,6 +67,11 @@ class VisioReason(StrEnum):
     REPLACED = "replaced"
     INVITE_EXPIRED = "invite_expired"
     SHUTDOWN = "shutdown"
+    CONFERENCE_FULL = "conference_full"  # policy.max_participants reached
+    # Federation links (calls/federation.py):
+    LINK_NOT_ALLOWED = "link_not_allowed"  # the sender's server is not in our policy.link_servers
+    UNTRUSTED_PEER = "untrusted_peer"  # not a bot device pinned or cross-signed per federation.peers
+    REMOTE_GUESTS = "remote_guests_not_allowed"  # the far call has guests; our policy says no
 
 
 # The spec ``reason`` sent next to each code, for clients that only know the spec list.
@@ -82,6 +87,10 @@ SPEC_REASON_FOR: Final[dict[VisioReason, str]] = {
     VisioReason.REPLACED: "user_hangup",
     VisioReason.INVITE_EXPIRED: "invite_timeout",
     VisioReason.SHUTDOWN: "unknown_error",
+    VisioReason.CONFERENCE_FULL: "unknown_error",
+    VisioReason.LINK_NOT_ALLOWED: "unknown_error",
+    VisioReason.UNTRUSTED_PEER: "unknown_error",
+    VisioReason.REMOTE_GUESTS: "unknown_error",
 }
 
 # Default sentences for people (``io.visio.message``); callers may pass a more precise one.
@@ -97,6 +106,10 @@ DEFAULT_MESSAGE_FOR: Final[dict[VisioReason, str]] = {
     VisioReason.REPLACED: "This call was replaced by a new one.",
     VisioReason.INVITE_EXPIRED: "The call invitation expired.",
     VisioReason.SHUTDOWN: "The call service is restarting.",
+    VisioReason.CONFERENCE_FULL: "The call is full.",
+    VisioReason.LINK_NOT_ALLOWED: "This ministry does not link its calls with yours.",
+    VisioReason.UNTRUSTED_PEER: "Your bot's device is not one this ministry trusts.",
+    VisioReason.REMOTE_GUESTS: "This ministry's policy does not allow guests of other ministries.",
 }
 
 
