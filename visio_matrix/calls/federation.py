@@ -398,18 +398,17 @@ class FederationLinks:
     ) -> None:
         ps = self._peers.setdefault((room_id, server), _PeerState())
         if remote is not None:
-            ps.remote = remote
-        if state != "linked":
-            ps.remote = ()
+            ps.remote = remote  # kept while connecting; shown (and counted) once linked
         changed = ps.state != state or ps.detail != detail or remote is not None
         if ps.state != state:
             ps.since_ms = self._clock.wall_ms()
         ps.state, ps.detail = state, detail
-        await self._hub.set_remote_participants(room_id, server, ps.remote if state == "linked" else ())
+        shown = ps.remote if state == "linked" else ()
+        await self._hub.set_remote_participants(room_id, server, shown)
         if changed:
             await self._hub.announce(
                 LinkStatusChanged(
-                    room_id, self.conference_id(room_id), server, state, ps.since_ms, detail, ps.remote
+                    room_id, self.conference_id(room_id), server, state, ps.since_ms, detail, shown
                 )
             )
 

@@ -1,0 +1,310 @@
+"""The federation transport's decisions (calls/federation.py) with in-memory fakes: who it listens to,
+refusals by policy and trust (with the room told), bad input skipped, crossing invites, roles."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from visio_matrix.calls.federation import FederationLinks
+from visio_matrix.calls.hub_api import (
+    HubError,
+    Identity,
+    Joined,
+    LinkStatusChanged,
+    ParticipantConnectedEvent,
+    ParticipantView,
+    RelayLinkOptions,
+)
+from visio_matrix.clock import FakeClock
+from visio_matrix.config.model import FederationConfig, PeerConfig, PolicyConfig
+from visio_matrix.crypto.todevice import SecureToDevice
+from visio_matrix.relay.api import Negotiated
+from visio_matrix.signaling.conference import GroupFields, build_conference_invite
+from visio_matrix.signaling.link import LinkInfo, RosterEntry, with_link_info
+
+ROOM = "!r:a.example"
+KEY = "A" * 43
+B = PeerConfig("b.example", "@visio:b.example", device_keys=(KEY,))
+C = PeerConfig("c.example", "@visio:c.example", device_keys=(KEY,))
+
+
+class Channel:
+    def __init__(self) -> None:
+        self.handler: Callable[[SecureToDevice], Awaitable[None]] | None = None
+        self.sent: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    def add_handler(self, handler: Callable[[SecureToDevice], Awaitable[None]]) -> None:
+        self.handler = handler
+
+    async def refresh_sender(self, message: SecureToDevice) -> SecureToDevice:
+        return message
+
+    async def send(self, user_id: str, device_id: str, event_type: str, content: dict[str, Any]) -> None:
+        self.sent.append((user_id, device_id, event_type, content))
+
+
+@dataclass
+class Decision:
+    trusted: bool
+    reason: str = ""
+
+
+class Trust:
+    def __init__(self, untrusted: frozenset[str]) -> None:
+        self.untrusted = untrusted
+
+    def peer_for(self, user_id: str) -> PeerConfig | None:
+        return next((p for p in (B, C) if p.bot_user_id == user_id), None)
+
+    async def verify(self, user_id: str, device_id: str, ed25519: str) -> Decision:
+        return Decision(device_id not in self.untrusted, "not pinned" if device_id in self.untrusted else "")
+
+
+class Keys:
+    async def query_keys(self, user_ids: list[str]) -> dict[str, Any]:
+        return {"device_keys": {u: {"BOTDEV": {"keys": {"ed25519:BOTDEV": KEY}}} for u in user_ids}}
+
+
+class Access:
+    """Which peer bots are in the room (only then does our side invite them)."""
+
+    def __init__(self, joined: frozenset[str]) -> None:
+        self.joined = joined
+
+    async def is_joined(self, room_id: str, user_id: str) -> bool:
+        return user_id in self.joined
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.joins: list[dict[str, Any]] = []
+        self.left: list[str] = []
+        self.announced: list[LinkStatusChanged] = []
+        self.remote: dict[str, tuple[Identity, ...]] = {}
+        self.rooms: list[str] = []
+
+    async def join(self, room_id: str, identity: Identity, link: Any, **kwargs: Any) -> Joined:
+        if kwargs.get("offer_sdp") == "refuse":
+            raise HubError("not_a_member", "The linking bot is not a member of the room.")
+        self.joins.append({"room_id": room_id, "identity": identity, **kwargs})
+        sdp = "answer-sdp" if kwargs.get("offer_sdp") else "offer-sdp"
+        return Joined(f"PA_{len(self.joins)}", "conf1", room_id, Negotiated(sdp, ()))
+
+    async def apply_offer(self, *args: Any) -> Negotiated:
+        return Negotiated("answer", ())
+
+    async def accept_answer(self, *args: Any) -> None:
+        pass
+
+    async def request_offer(self, *args: Any) -> None:
+        pass
+
+    async def leave(self, participant_id: str, reason: str = "left") -> None:
+        self.left.append(participant_id)
+
+    async def end_conference(self, room_id: str, ended_by: str) -> None:
+        pass
+
+    async def set_remote_participants(self, room_id: str, server: str, remote: tuple[Identity, ...]) -> None:
+        self.remote[server] = remote
+
+    def local_participants(self, room_id: str) -> tuple[ParticipantView, ...]:
+        return (
+            ParticipantView(
+                "PA_x", "conf1", room_id, Identity("@alice:a.example", "AD"), "todevice", 0, True
+            ),
+        )
+
+    def conference_of_room(self, room_id: str) -> str | None:
+        return "conf1" if room_id in self.rooms else None
+
+    async def active_rooms(self) -> list[str]:
+        return list(self.rooms)
+
+    async def announce(self, event: LinkStatusChanged) -> None:
+        self.announced.append(event)
+
+    def take_restorable(self, transport: Any) -> list[Any]:
+        return []
+
+
+class Setup:
+    def __init__(
+        self,
+        link_servers: tuple[str, ...] = ("b.example",),
+        untrusted: frozenset[str] = frozenset(),
+        bots_in_room: frozenset[str] = frozenset(),
+        **policy: Any,
+    ) -> None:
+        self.channel = Channel()
+        self.hub = Hub()
+        self.clock = FakeClock()
+        self.links = FederationLinks(
+            self.channel,
+            self.hub,  # type: ignore[arg-type]
+            Trust(untrusted),
+            Keys(),
+            Access(bots_in_room),
+            PolicyConfig(allowed_servers=("a.example",), link_servers=link_servers, **policy),
+            FederationConfig((B, C)),
+            "a.example",
+            "@visio:a.example",
+            "ADEV",
+            self.clock,
+        )
+        self.links.start()
+
+    async def receive(
+        self, sender: str, event_type: str, content: Mapping[str, Any], device: str = "BOTDEV"
+    ) -> None:
+        assert self.channel.handler is not None
+        await self.channel.handler(
+            SecureToDevice(event_type, dict(content), sender, "curve", device, KEY, device)
+        )
+        await asyncio.sleep(0.05)
+
+    def sent_types(self) -> list[tuple[str, str]]:
+        return [(user, event_type) for user, _, event_type, _ in self.channel.sent]
+
+
+def invite(
+    peer: PeerConfig, call_id: str = "link-1", offer: str = "v=0 offer", **info: Any
+) -> dict[str, Any]:
+    content = build_conference_invite(
+        call_id, "BOTDEV", GroupFields("", "BOTDEV", "theirsession", "", 1), ROOM, offer, 30_000
+    )
+    fields = {
+        "server_name": peer.server_name,
+        "roster": (RosterEntry("@u:" + peer.server_name, "UD"),),
+        **info,
+    }
+    return with_link_info(content, LinkInfo(**fields))
+
+
+@pytest.fixture
+async def setup() -> Any:
+    s = Setup()
+    yield s
+    await s.links.stop()
+
+
+async def test_an_invite_from_a_linked_peer_is_answered_with_the_answering_role(setup: Setup) -> None:
+    await setup.receive(B.bot_user_id, "m.call.invite", invite(B))
+    (join,) = setup.hub.joins
+    assert join["mode"] == "sfu_answer_only" and join["start_if_none"] and join["transport"] == "federation"
+    assert join["identity"] == Identity(B.bot_user_id, "BOTDEV")
+    assert join["relay_link"] == RelayLinkOptions(
+        "b.example", allow_onward=False, onward_ok=False, stream_owners={}
+    )
+    assert setup.sent_types() == [(B.bot_user_id, "m.call.answer")]
+    assert setup.hub.announced[-1].state == "connecting" and setup.hub.remote["b.example"] == ()
+    # Media up: linked, and the far side's people now count and show.
+    view = ParticipantView("PA_1", "conf1", ROOM, join["identity"], "federation", 0, True, "b.example")
+    await setup.links.on_hub_event(ParticipantConnectedEvent(ROOM, "conf1", view))
+    await asyncio.sleep(0.05)
+    assert setup.hub.announced[-1].state == "linked"
+    assert setup.hub.announced[-1].remote == (Identity("@u:b.example", "UD"),)
+    assert setup.hub.remote["b.example"] == (Identity("@u:b.example", "UD"),)
+
+
+async def test_a_peer_outside_link_servers_is_refused_and_the_room_is_told(setup: Setup) -> None:
+    setup.hub.rooms.append(ROOM)
+    await setup.receive(C.bot_user_id, "m.call.invite", invite(C))
+    assert setup.hub.joins == []
+    ((user, _, event_type, content),) = setup.channel.sent
+    assert (user, event_type, content["io.visio.reason"]) == (
+        C.bot_user_id,
+        "m.call.hangup",
+        "link_not_allowed",
+    )
+    (announced,) = setup.hub.announced
+    assert (
+        announced.state == "refused"
+        and "link_servers" in announced.detail
+        and "@u:c.example" in announced.detail
+    )
+
+
+async def test_an_untrusted_device_of_a_peer_bot_is_refused() -> None:
+    s = Setup(untrusted=frozenset({"EVILDEV"}))
+    s.hub.rooms.append(ROOM)
+    try:
+        await s.receive(B.bot_user_id, "m.call.invite", invite(B), device="EVILDEV")
+        assert s.hub.joins == [] and s.channel.sent == []
+        assert s.hub.announced[-1].state == "refused" and "not trusted" in s.hub.announced[-1].detail
+    finally:
+        await s.links.stop()
+
+
+async def test_guests_on_the_far_side_are_refused_unless_policy_allows() -> None:
+    s = Setup()
+    allowing = Setup(remote_guests=True)
+    try:
+        await s.receive(B.bot_user_id, "m.call.invite", invite(B, guests=1))
+        assert s.hub.joins == [] and s.channel.sent[-1][3]["io.visio.reason"] == "remote_guests_not_allowed"
+        await allowing.receive(B.bot_user_id, "m.call.invite", invite(B, guests=1))
+        assert len(allowing.hub.joins) == 1
+    finally:
+        await s.links.stop()
+        await allowing.links.stop()
+
+
+async def test_bad_messages_are_skipped_and_the_next_one_is_handled(setup: Setup) -> None:
+    bad_info = invite(B)
+    bad_info["io.visio.link"]["roster"] = "everyone"
+    claims_other_server = invite(B, call_id="link-2")
+    claims_other_server["io.visio.link"]["server"] = "c.example"
+    await setup.receive(B.bot_user_id, "m.call.invite", {"call_id": 5})
+    await setup.receive(B.bot_user_id, "m.call.invite", bad_info)
+    await setup.receive(B.bot_user_id, "m.call.invite", claims_other_server)
+    await setup.receive(B.bot_user_id, "io.visio.link.update", {"call_id": "x"})
+    assert setup.hub.joins == []
+    await setup.receive(B.bot_user_id, "m.call.invite", invite(B, call_id="link-3"))
+    assert len(setup.hub.joins) == 1
+
+
+async def test_users_signaling_is_left_to_the_participant_transport(setup: Setup) -> None:
+    assert setup.links.is_peer_bot(B.bot_user_id) and not setup.links.is_peer_bot("@u:b.example")
+    await setup.receive("@u:b.example", "m.call.invite", invite(B))
+    assert setup.hub.joins == [] and setup.channel.sent == []
+
+
+async def test_we_invite_with_the_offering_role_and_crossing_invites_follow_the_lower_server() -> None:
+    """a.example < b.example: our pending invite wins over B's; B's bot answers ours."""
+    s = Setup(bots_in_room=frozenset({B.bot_user_id}))
+    s.hub.rooms.append(ROOM)
+    try:
+        await s.links.maintain()
+        (join,) = s.hub.joins
+        assert (
+            join["mode"] == "sfu"
+            and join["relay_link"].server_name == "b.example"
+            and "offer_sdp" not in join
+        )
+        assert s.sent_types() == [(B.bot_user_id, "m.call.invite")]
+        await s.receive(B.bot_user_id, "m.call.invite", invite(B))  # crossed: ignored
+        assert len(s.hub.joins) == 1 and s.sent_types() == [(B.bot_user_id, "m.call.invite")]
+    finally:
+        await s.links.stop()
+
+
+async def test_an_unanswered_invite_is_given_up_and_retried() -> None:
+    setup = Setup(bots_in_room=frozenset({B.bot_user_id}))
+    setup.hub.rooms.append(ROOM)
+    await setup.links.maintain()
+    setup.clock.advance(9)
+    await setup.links.maintain()
+    assert setup.hub.left == ["PA_1"]
+    assert setup.hub.announced[-1].state == "unreachable"
+    assert setup.links.link_states(ROOM)["b.example"][0] == "unreachable"
+    await setup.links.maintain()  # too early to try again
+    assert len(setup.hub.joins) == 1
+    setup.clock.advance(1.5)
+    await setup.links.maintain()
+    assert len(setup.hub.joins) == 2
+    await setup.links.stop()
