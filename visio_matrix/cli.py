@@ -1,4 +1,4 @@
-"""The ``visio-matrix`` command: generate-config, generate-registration, check-config, run.
+"""The ``visio-matrix`` command: generate-config, generate-registration, check-config, identity, run.
 
 Argument parsing and file writing only; what the commands produce lives in ``visio_matrix.config``
 and the service itself in ``visio_matrix.app`` (imported lazily by ``run``).
@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from visio_matrix import __version__
 from visio_matrix.config import (
@@ -24,6 +25,10 @@ from visio_matrix.config import (
     parse_config_text,
     registration_text,
 )
+from visio_matrix.config.generate import peer_lines
+
+if TYPE_CHECKING:
+    from visio_matrix.crypto.peer_trust import BotIdentity
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,13 @@ def _build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("-c", "--config", required=True, type=Path, help="configuration file")
     check.set_defaults(handler=_check_config)
+
+    ident = commands.add_parser(
+        "identity",
+        help="print the bot's keys and the federation.peers entry other ministries paste (asks the homeserver)",
+    )
+    ident.add_argument("-c", "--config", required=True, type=Path, help="configuration file")
+    ident.set_defaults(handler=_identity)
 
     run = commands.add_parser("run", help="run the service until SIGINT/SIGTERM")
     run.add_argument("-c", "--config", required=True, type=Path, help="configuration file")
@@ -210,6 +222,62 @@ def _check_config(args: argparse.Namespace) -> int:
     _print_warnings(warnings)
     suffix = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
     print(f"{args.config}: valid{suffix}")
+    return EXIT_OK
+
+
+def identity_text(identity: BotIdentity) -> str:
+    """What ``visio-matrix identity`` prints: the bot's keys, then a ready-to-paste YAML entry."""
+    lines = [f"# Bot {identity.user_id} of {identity.server_name}"]
+    if identity.master_key is not None:
+        lines.append(f"# Cross-signing master key: {identity.master_key}")
+    else:
+        lines.append("# No cross-signing master key published: pin the device keys (start the service once")
+        lines.append("# to create it, then run this again).")
+    for device_id, ed25519 in sorted(identity.devices.items()):
+        signed = " (cross-signed)" if device_id in identity.cross_signed else " (not cross-signed)"
+        lines.append(f"# Device {device_id}: ed25519 {ed25519}{signed}")
+    if not identity.devices:
+        lines.append("# No device published yet: start the service once, then run this again.")
+    lines.append("# For the other ministries' config.yaml (append the entry to their federation.peers):")
+    lines.append("federation:")
+    lines.append("  peers:")
+    lines.extend(f"    {line}" for line in peer_lines([identity.peer_entry()]))
+    return "\n".join(lines) + "\n"
+
+
+def _identity(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if loaded is None:
+        return EXIT_INVALID
+    config, warnings = loaded
+    _print_warnings(warnings)
+    import aiohttp
+
+    from visio_matrix.appservice.homeserver import MatrixError
+    from visio_matrix.crypto.peer_trust import fetch_bot_identity
+
+    try:
+        identity = asyncio.run(fetch_bot_identity(config))
+    except MatrixError as exc:
+        hint = " (the service registers its bot on first start: run it once)" if exc.status == 403 else ""
+        print(
+            f"error: the homeserver at {config.homeserver.url} refused the key query: {exc}{hint}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(
+            f"error: cannot read the bot's keys from the homeserver at {config.homeserver.url}: "
+            f"{exc or type(exc).__name__}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    sys.stdout.write(identity_text(identity))
+    if identity.master_key is None and not identity.devices:
+        print(
+            f"error: {identity.user_id} has no published keys: start the service once first", file=sys.stderr
+        )
+        return EXIT_INVALID
     return EXIT_OK
 
 

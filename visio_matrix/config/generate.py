@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 
 from visio_matrix.web.guest_links import generate_key_text
 
@@ -39,6 +40,11 @@ _DEFAULTS: dict[str, object] = {
     "link_lifetime": "1h",
     "max_wait": "10m",
     "admit_power_level": 0,
+    "link_servers": None,
+    "max_participants": 100,
+    "remote_guests": False,
+    "relay_onwards": False,
+    "federation_peers": None,
 }
 
 OVERRIDES = tuple(_DEFAULTS)
@@ -67,7 +73,7 @@ def generate_config_text(**overrides: object) -> str:
         raise TypeError(f"unknown override(s): {', '.join(unknown)}; expected some of {', '.join(OVERRIDES)}")
     v = dict(_DEFAULTS)
     v.update({k: val for k, val in overrides.items() if val is not None})
-    for key in ("relay_public_addresses", "allowed_servers", "open_call_servers"):
+    for key in ("relay_public_addresses", "allowed_servers", "open_call_servers", "link_servers"):
         if isinstance(v[key], str):
             v[key] = [v[key]]
 
@@ -137,6 +143,21 @@ policy:
 {line("open_call_servers", "open_call_servers", "[" + s["server_name"] + "]")}
   # Minimum room power level to let a guest in or turn them away (`!visio admit` / `!visio deny`).
   admit_power_level: {s["admit_power_level"]}
+  # Federation (docs/federation.md): the homeservers whose visio-matrix this one links calls with,
+  # same patterns as allowed_servers. Their bots must also be in federation.peers. Default: none.
+{line("link_servers", "link_servers", '["b.example.gouv.fr"]')}
+  # Most participants in one call, local and remote together (at least 2).
+  max_participants: {s["max_participants"]}
+  # May guests admitted by another ministry be in a call with our users?
+  remote_guests: {s["remote_guests"]}
+  # May a linked ministry relay our users' media on to a third one?
+  relay_onwards: {s["relay_onwards"]}
+
+federation:
+  # The other ministries' bots this service trusts to link calls with (docs/federation.md): paste
+  # what `visio-matrix identity` prints on their side. A device of the bot is trusted when its
+  # ed25519 key is in device_keys, or when the bot's cross-signing master key is master_key.
+{_peers(v["federation_peers"])}
 
 logging:
   # DEBUG, INFO, WARNING or ERROR.
@@ -181,3 +202,32 @@ focus:
   # The homeserver above is always reached at homeserver.url.
   # homeserver_urls: {{"other.example.net": "https://matrix.other.example.net:8448"}}
 """
+
+
+def _peers(peers: object) -> str:
+    if not peers:
+        return (
+            "  peers: []\n"
+            "  # For example (device_keys may replace or add to master_key):\n"
+            '  # - {server_name: "b.example.gouv.fr", bot_user_id: "@visio:b.example.gouv.fr", '
+            'master_key: "<unpadded base64>"}'
+        )
+    return "\n".join(["  peers:", *(f"    {line}" for line in peer_lines(peers))])
+
+
+def peer_lines(peers: object) -> list[str]:
+    """``federation.peers`` entries as YAML list items, one flow mapping per line (``- {...}``),
+    keys in the documented order; what ``generate-config`` and ``visio-matrix identity`` write."""
+    if not isinstance(peers, list | tuple):
+        raise TypeError(f"federation_peers: expected a list of mappings, got {type(peers).__name__}")
+    order = ("server_name", "bot_user_id", "master_key", "device_keys")
+    lines = []
+    for peer in peers:
+        if not isinstance(peer, Mapping):
+            raise TypeError(f"federation_peers: expected mappings, got {type(peer).__name__}")
+        entry = {
+            k: list(peer[k]) if k == "device_keys" else peer[k] for k in order if peer.get(k) is not None
+        }
+        entry.update({k: val for k, val in peer.items() if k not in order})
+        lines.append(f"- {_scalar(entry)}")
+    return lines

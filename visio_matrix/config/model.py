@@ -98,6 +98,14 @@ class PolicyConfig:
     open_call_servers: tuple[str, ...] = ()
     # Minimum room power level to admit or deny a guest (`!visio admit` / `!visio deny`).
     admit_power_level: int = 0
+    # Federation (docs/federation.md): the servers whose visio-matrix this one links calls with.
+    link_servers: tuple[str, ...] = ()
+    # Most participants in one call, local and remote together.
+    max_participants: int = 100
+    # Whether guests admitted by another ministry may be in a call with our users.
+    remote_guests: bool = False
+    # Whether a linked ministry may relay our users' media on to a third one.
+    relay_onwards: bool = False
 
     def server_allowed(self, server_name: str) -> bool:
         """Whether users of ``server_name`` (port included when it has one) may use the service."""
@@ -106,6 +114,10 @@ class PolicyConfig:
     def server_may_open_calls(self, server_name: str) -> bool:
         """Whether users of ``server_name`` may start a conference through the focus."""
         return any(server_pattern_regex(p).fullmatch(server_name) for p in self.open_call_servers)
+
+    def link_allowed(self, server_name: str) -> bool:
+        """Whether this service links calls with the visio-matrix of ``server_name``."""
+        return any(server_pattern_regex(p).fullmatch(server_name) for p in self.link_servers)
 
     def user_allowed(self, user_id: str) -> bool:
         """Whether the Matrix user ``@local:server`` belongs to an allowed server."""
@@ -166,6 +178,32 @@ class GuestsConfig:
 
 
 @dataclass(frozen=True)
+class PeerConfig:
+    """Another ministry's bot that this service trusts to link relays (``federation.peers[i]``)."""
+
+    server_name: str
+    bot_user_id: str
+    # The bot's cross-signing master key (unpadded base64 Ed25519): trusts every device it signs.
+    master_key: str | None = None
+    # Pinned device Ed25519 keys (unpadded base64): trusted whatever cross-signing says.
+    device_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    peers: tuple[PeerConfig, ...] = ()
+
+    def peer_for_user(self, user_id: str) -> PeerConfig | None:
+        """The peer whose bot is ``user_id``, if any."""
+        return next((p for p in self.peers if p.bot_user_id == user_id), None)
+
+    def peer_for_server(self, server_name: str) -> PeerConfig | None:
+        """The peer of ``server_name`` (compared case-insensitively, port included), if any."""
+        wanted = server_name.lower()
+        return next((p for p in self.peers if p.server_name.lower() == wanted), None)
+
+
+@dataclass(frozen=True)
 class Config:
     homeserver: HomeserverConfig
     appservice: AppserviceConfig
@@ -177,3 +215,4 @@ class Config:
     metrics: MetricsConfig
     focus: FocusConfig
     guests: GuestsConfig = GuestsConfig()
+    federation: FederationConfig = FederationConfig()

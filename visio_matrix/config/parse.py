@@ -13,6 +13,7 @@ from typing import cast, get_args
 from urllib.parse import urlsplit
 
 from visio_matrix.config.errors import ConfigError, Issue
+from visio_matrix.config.federation import FEDERATION_KEYS, parse_federation
 from visio_matrix.config.model import (
     AppserviceConfig,
     Config,
@@ -28,6 +29,7 @@ from visio_matrix.config.model import (
     PolicyConfig,
     RelayConfig,
 )
+from visio_matrix.config.names import is_hostname, server_name_problem
 from visio_matrix.config.reader import Problems, Section, describe
 from visio_matrix.web.guest_links import load_private_key, load_public_key
 
@@ -55,6 +57,10 @@ SCHEMA: dict[str, tuple[str, ...]] = {
         "stop_power_level",
         "open_call_servers",
         "admit_power_level",
+        "link_servers",
+        "max_participants",
+        "remote_guests",
+        "relay_onwards",
     ),
     "logging": ("level", "format"),
     "metrics": ("enabled",),
@@ -70,6 +76,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
         "homeserver_urls",
     ),
     "guests": ("enabled", "signing_key", "signing_key_file", "old_public_keys", "link_lifetime", "max_wait"),
+    "federation": FEDERATION_KEYS,
 }
 
 DEFAULT_DATABASE_URL = "sqlite:///visio.db"
@@ -77,9 +84,6 @@ LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 # Matrix power levels are integers in the canonical-JSON range.
 POWER_LEVEL_BOUND = 2**53 - 1
 
-_DNS_NAME = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
 _LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
 _APPSERVICE_ID = re.compile(r"[A-Za-z0-9._~-]+")
 _SERVER_PATTERN = re.compile(r"[A-Za-z0-9.*:\[\]-]+")
@@ -89,35 +93,6 @@ MIN_FOCUS_SECRET_LENGTH = 32
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def is_hostname(text: str) -> bool:
-    if len(text) > 255:
-        return False
-    if text.startswith("[") and text.endswith("]"):
-        try:
-            return isinstance(ipaddress.ip_address(text[1:-1]), ipaddress.IPv6Address)
-        except ValueError:
-            return False
-    return _DNS_NAME.fullmatch(text) is not None
-
-
-def server_name_problem(text: str) -> str | None:
-    """Why ``text`` is not a Matrix server name (``host[:port]``), or None when it is one."""
-    host, port = text, None
-    if text.startswith("["):
-        end = text.find("]")
-        rest = text[end + 1 :] if end != -1 else ""
-        if end == -1 or (rest and not rest.startswith(":")):
-            return "an IPv6 address must be written [address] or [address]:port"
-        host, port = text[: end + 1], (rest[1:] if rest else None)
-    elif ":" in text:
-        host, port = text.rsplit(":", 1)
-    if port is not None and (not port.isdigit() or not 1 <= int(port) <= 65535):
-        return "a port after ':' must be a number 1-65535"
-    if not is_hostname(host):
-        return "expected a host name, IPv4 address or [IPv6] address, optionally with :port"
-    return None
 
 
 def url_problem(text: str) -> str | None:
@@ -386,6 +361,10 @@ def _policy(top: Section, server_name: str) -> PolicyConfig:
     stop = s.integer("stop_power_level", 50, low=-bound, high=bound, what=what)
     open_calls, _ = _server_patterns(s, "open_call_servers", default)
     admit = s.integer("admit_power_level", 0, low=-bound, high=bound, what=what)
+    link_servers, _ = _server_patterns(s, "link_servers", [])
+    max_participants = s.integer("max_participants", 100, low=2)
+    remote_guests = s.boolean("remote_guests", False)
+    relay_onwards = s.boolean("relay_onwards", False)
     s.warn_unknown()
     return PolicyConfig(
         allowed_servers=tuple(patterns),
@@ -393,6 +372,10 @@ def _policy(top: Section, server_name: str) -> PolicyConfig:
         stop_power_level=stop,
         open_call_servers=tuple(open_calls),
         admit_power_level=admit,
+        link_servers=tuple(link_servers),
+        max_participants=max_participants,
+        remote_guests=remote_guests,
+        relay_onwards=relay_onwards,
     )
 
 
@@ -578,6 +561,7 @@ def validate(data: object, base_dir: Path) -> tuple[Config | None, Problems]:
         metrics=_metrics(top),
         focus=_focus(top, base_dir, appservice),
         guests=_guests(top, base_dir),
+        federation=parse_federation(top.section("federation", SCHEMA["federation"]), homeserver.server_name),
     )
     top.warn_unknown()
     return (None if problems.errors else config), problems

@@ -380,6 +380,17 @@ class BotDevice:
             verified=bool(getattr(clear, "verified", False)),
         )
 
+    async def query_keys(self, user_ids: list[str]) -> dict[str, Any]:
+        """The raw ``/keys/query`` answer for ``user_ids`` (all their devices), asked as this device;
+        the homeserver fetches remote users' keys over federation (``MatrixError`` on failure)."""
+        return await self._hs_client.request(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            {"device_keys": {user_id: [] for user_id in user_ids}},
+            user_id=self.user_id,
+            device_id=self.device_id,
+        )
+
     def identity_keys(self) -> dict[str, str]:
         olm = self.client.olm
         return dict(olm.account.identity_keys) if olm else {}
