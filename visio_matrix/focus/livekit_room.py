@@ -5,6 +5,14 @@ the identity of their token, Matrix-native ones as ``@user:server:DEVICE`` (lk-j
 ``/sfu/get`` identity). Participant sids are the hub's participant ids (``PA_...``); track sids
 (``TR_...``) are given here, or by the LiveKit session that answered the publisher's ``add_track``.
 
+Federation links (docs/federation.md) are never announced themselves: a link participant (another
+ministry's relay, transport ``federation``) publishes its far side's users' tracks, each owned by
+``{"user_id", "device_id"}`` (``PublishedTrack.owner``, the ``publisher_metadata`` subscribers get).
+Each distinct owner of a link's tracks is announced as a participant of its own: identity
+``@user:server:DEVICE``, sid ``owner_sid(link, owner)`` (stable), name = user id, with that owner's
+tracks. It goes (``DISCONNECTED``) with its last track, or with the link. A link track with no owner
+is the link's bot's own (as the relay tells Matrix-native subscribers).
+
 Each change bumps the participant's ``version`` (never goes down). A session remembers which
 version of each participant it announced; ``changes_for`` gives what it has not been told yet,
 departures (``DISCONNECTED``) first, so that a participant replaced under the same identity is
@@ -25,6 +33,7 @@ from ..calls.hub_api import ParticipantView
 from ..relay.api import PublishedTrack, StreamInfo
 
 Announced = dict[str, tuple[int, str]]  # participant sid -> (version announced, identity)
+Owner = tuple[str, str]  # (user id, device id; "" when the far side gave none)
 
 
 def new_track_sid() -> str:
@@ -168,11 +177,73 @@ def matrix_identity(view: ParticipantView) -> str:
     return f"{view.identity.user_id}:{view.identity.device_id}"
 
 
+def owner_of(owner: Mapping[str, str] | None, link_identity: Owner) -> Owner:
+    """Whose a link's track is: its ``owner`` (``PublishedTrack.owner`` or the stream's
+    ``publisher_metadata``), else the link's bot (``link_identity``)."""
+    if owner and owner.get("user_id"):
+        return owner["user_id"], owner.get("device_id", "")
+    return link_identity
+
+
+def owner_sid(link_sid: str, owner: Owner) -> str:
+    """The stable sid of a link's far-side owner: the same link and owner always give the same one."""
+    key = "\0".join((link_sid, *owner)).encode("utf-8")
+    return "PA_" + hashlib.sha256(key).hexdigest()[:16]
+
+
+def owner_identity(owner: Owner) -> str:
+    """As ``matrix_identity``: ``@user:server:DEVICE`` (the user id alone without a device)."""
+    user_id, device_id = owner
+    return f"{user_id}:{device_id}" if device_id else user_id
+
+
+@dataclass
+class _Link:
+    state: int  # models.ParticipantInfo state, given to its owners
+    owners: set[str] = field(default_factory=set)  # owner participant sids
+    # An owner back after leaving keeps its sid: its versions go on above the DISCONNECTED one.
+    gone_versions: dict[str, int] = field(default_factory=dict)
+
+
 class RoomState:
     def __init__(self, room_id: str) -> None:
         self.room_id = room_id
-        self.participants: dict[str, ParticipantRecord] = {}
+        self.participants: dict[str, ParticipantRecord] = {}  # everyone announced, link owners included
         self._by_relay_track: dict[str, tuple[str, str]] = {}  # relay track id -> (participant, track sid)
+        self._links: dict[str, _Link] = {}  # link participant id -> its announced owners
+        self._owner_link: dict[str, str] = {}  # owner participant sid -> link participant id
+
+    # ---- federation links -----------------------------------------------------------------------
+
+    def add_link(self, link_sid: str, state: int = models.ParticipantInfo.JOINED) -> None:
+        """A link participant joined (idempotent; its state changes go to ``set_state``): never
+        announced itself; its owners are, with their first track."""
+        if link_sid not in self._links:
+            self._links[link_sid] = _Link(state)
+
+    def is_link(self, sid: str) -> bool:
+        return sid in self._links
+
+    def add_owned_track(self, link_sid: str, owner: Owner, track: TrackRecord, joined_at_ms: int) -> str:
+        """``track`` of the link ``link_sid`` belongs to ``owner``: announced under that owner's own
+        participant (created if needed). Returns the owner's participant sid."""
+        self.add_link(link_sid)
+        link = self._links[link_sid]
+        sid = owner_sid(link_sid, owner)
+        if sid not in self.participants:
+            self.participants[sid] = ParticipantRecord(
+                sid=sid,
+                identity=owner_identity(owner),
+                name=owner[0],
+                joined_at_ms=joined_at_ms,
+                permission=Permission(can_publish_data=False, can_update_metadata=False),
+                state=link.state,
+                version=link.gone_versions.pop(sid, -1) + 2,
+            )
+            link.owners.add(sid)
+            self._owner_link[sid] = link_sid
+        self.add_track(sid, track)
+        return sid
 
     # ---- changes --------------------------------------------------------------------------------
 
@@ -184,7 +255,18 @@ class RoomState:
         self.participants[record.sid] = record
 
     def remove_participant(self, sid: str) -> ParticipantRecord | None:
+        """Removes ``sid``; a link takes all its owners with it (and returns None)."""
+        link = self._links.pop(sid, None)
+        if link is not None:
+            for owner in sorted(link.owners):
+                self.remove_participant(owner)
+            return None
         record = self.participants.pop(sid, None)
+        owned_by = self._links.get(self._owner_link.pop(sid, ""))
+        if owned_by is not None:
+            owned_by.owners.discard(sid)
+            if record is not None:
+                owned_by.gone_versions[sid] = record.version
         if record is not None:
             for track in record.tracks.values():
                 if track.relay_track_id is not None:
@@ -192,6 +274,12 @@ class RoomState:
         return record
 
     def set_state(self, sid: str, state: int) -> None:
+        link = self._links.get(sid)
+        if link is not None:
+            link.state = state
+            for owner in link.owners:
+                self.set_state(owner, state)
+            return
         record = self.participants.get(sid)
         if record is not None and record.state != state:
             record.state = state
@@ -216,6 +304,8 @@ class RoomState:
             return None
         track = record.tracks.pop(where[1], None)
         record.version += 1
+        if not record.tracks and where[0] in self._owner_link:
+            self.remove_participant(where[0])  # a link's owner is there only through its tracks
         return track
 
     def update_track(self, participant_sid: str, track_sid: str, **changes: object) -> TrackRecord | None:

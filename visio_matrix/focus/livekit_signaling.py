@@ -17,7 +17,8 @@ Routes (``livekit_routes``), as a LiveKit server 1.13 answers them:
 ``LiveKitSignaling`` is a hub listener: it keeps, per room, what LiveKit clients are told
 (``livekit_room.RoomState``), fed by hub events (participants of every transport, their tracks) and
 by the sessions (their own tracks' descriptions, mutes, metadata), and pushes each change to every
-session of the room.
+session of the room. A federation link (transport ``federation``) is not announced: each far-side
+owner of its tracks is, as a participant of its own (``RoomState.add_owned_track``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from .livekit_room import (
     Permission,
     RoomState,
     matrix_identity,
+    owner_of,
     record_for_published,
     record_for_stream,
 )
@@ -273,8 +275,15 @@ class LiveKitSignaling:
         room = self.room(room_id)
         if room.track_for_relay(stream.track_id) is not None:
             return
+        view = self.hub.participant(stream.publisher_id)
+        if view is not None and view.transport == "federation":
+            owner = owner_of(stream.publisher_metadata, _link_identity(view))
+            record = record_for_stream(stream, mime_type)
+            room.add_link(stream.publisher_id, _state_of(view))
+            room.add_owned_track(stream.publisher_id, owner, record, self.clock.wall_ms())
+            self.broadcast(room_id)
+            return
         if stream.publisher_id not in room.participants:
-            view = self.hub.participant(stream.publisher_id)
             if view is None:
                 return
             room.add_participant(self._record_for(view))
@@ -303,7 +312,7 @@ class LiveKitSignaling:
             return
         room = self.room(event.room_id)
         if isinstance(event, ParticipantJoined):
-            room.add_participant(self._record_for(event.participant))
+            self._add_view(room, event.participant)
         elif isinstance(event, ParticipantConnectedEvent):
             room.set_state(event.participant.participant_id, models.ParticipantInfo.ACTIVE)
         elif isinstance(event, ParticipantRemoved):
@@ -325,6 +334,11 @@ class LiveKitSignaling:
         if room.track_for_relay(event.track.track_id) is not None:
             return
         owner = event.owner.participant_id
+        if event.owner.transport == "federation":
+            room.add_link(owner, _state_of(event.owner))
+            who = owner_of(event.track.owner, _link_identity(event.owner))
+            room.add_owned_track(owner, who, record_for_published(event.track), self.clock.wall_ms())
+            return
         if owner not in room.participants:
             room.add_participant(self._record_for(event.owner))
         session = self._sessions.get(owner)
@@ -332,18 +346,27 @@ class LiveKitSignaling:
         room.add_track(owner, record)
 
     def _speakers_changed(self, event: SpeakerChanged) -> None:
+        speaker = event.participant_id
+        if speaker is not None and self.room(event.room_id).is_link(speaker):
+            speaker = None  # which of the link's owners speaks is not known here
         previous = self._speaker.get(event.room_id)
-        self._speaker[event.room_id] = event.participant_id
+        self._speaker[event.room_id] = speaker
         speakers = []
-        if previous is not None and previous != event.participant_id:
+        if previous is not None and previous != speaker:
             speakers.append(models.SpeakerInfo(sid=previous, level=0.0, active=False))
-        if event.participant_id is not None:
-            speakers.append(models.SpeakerInfo(sid=event.participant_id, level=1.0, active=True))
+        if speaker is not None:
+            speakers.append(models.SpeakerInfo(sid=speaker, level=1.0, active=True))
         if not speakers:
             return
         for session in list(self._sessions.values()):
             if session.room_id == event.room_id:
                 session.send_speakers(speakers)
+
+    def _add_view(self, room: RoomState, view: ParticipantView) -> None:
+        if view.transport == "federation":
+            room.add_link(view.participant_id, _state_of(view))
+        else:
+            room.add_participant(self._record_for(view))
 
     def _record_for(self, view: ParticipantView) -> ParticipantRecord:
         key = (view.room_id, view.identity.user_id, view.identity.device_id)
@@ -356,7 +379,7 @@ class LiveKitSignaling:
                 identity=matrix_identity(view),
                 name=view.identity.display_name or view.identity.user_id,
                 joined_at_ms=view.joined_at_ms,
-                state=models.ParticipantInfo.ACTIVE if view.connected else models.ParticipantInfo.JOINED,
+                state=_state_of(view),
             )
         grants = session.claims.grants
         return ParticipantRecord(
@@ -388,10 +411,17 @@ class LiveKitSignaling:
         """Participants and tracks the hub had before this component heard of them."""
         room = self.room(room_id)
         for view in self.hub.participants(room_id):
-            if view.participant_id not in room.participants:
-                room.add_participant(self._record_for(view))
+            if view.participant_id not in room.participants and not room.is_link(view.participant_id):
+                self._add_view(room, view)
         for track, owner in self.hub.published_tracks(room_id):
-            if room.track_for_relay(track.track_id) is None and owner.participant_id in room.participants:
+            if room.track_for_relay(track.track_id) is not None:
+                continue
+            if owner.transport == "federation":
+                who = owner_of(track.owner, _link_identity(owner))
+                room.add_owned_track(
+                    owner.participant_id, who, record_for_published(track), owner.joined_at_ms
+                )
+            elif owner.participant_id in room.participants:
                 room.add_track(owner.participant_id, record_for_published(track))
 
     def _notify_changed(self) -> None:
@@ -417,6 +447,15 @@ class LiveKitSignaling:
         except TimeoutError:
             log.warning("%d LiveKit sessions still open at shutdown", len(self._sessions))
         await self._tasks.close()
+
+
+def _state_of(view: ParticipantView) -> int:
+    return models.ParticipantInfo.ACTIVE if view.connected else models.ParticipantInfo.JOINED
+
+
+def _link_identity(view: ParticipantView) -> tuple[str, str]:
+    """A link's own (bot) identity: the owner of its tracks that name none."""
+    return view.identity.user_id, view.identity.device_id
 
 
 def livekit_routes(signaling: LiveKitSignaling) -> list[web.RouteDef]:
