@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from visio_matrix.appservice.events import RoomEvent, Transaction, parse_transaction_body
-from visio_matrix.appservice.transactions import TransactionProcessor
+from visio_matrix.appservice.transactions import TransactionProcessor, transaction_key
 from visio_matrix.clock import FakeClock
 from visio_matrix.metrics import Metrics
 from visio_matrix.storage import Store, open_store
@@ -60,6 +60,20 @@ async def test_duplicate_transaction_takes_effect_once(store: Store) -> None:
     assert sink.seen == ["$e1", "$e2"]
 
 
+async def test_reused_transaction_id_with_a_new_body_is_processed(store: Store) -> None:
+    """Synapse on SQLite numbers transactions from 1 again after a restart: same id, new events."""
+    sink = RecordingSink()
+    proc = processor(store, sink)
+    await proc.on_transaction("1", parse_transaction_body({"events": [ev(1)]}))
+    await proc.on_transaction("1", parse_transaction_body({"events": [ev(2)]}))
+    await proc.on_transaction("1", parse_transaction_body({"events": [ev(2)]}))  # its retry
+    to_device = {"events": [], "de.sorunome.msc2409.to_device": [{"type": "m.dummy"}]}
+    await proc.on_transaction("1", parse_transaction_body(to_device))
+    await proc.on_transaction("1", parse_transaction_body(to_device))
+    assert sink.seen == ["$e1", "$e2"]
+    assert len(sink.ephemeral) == 1
+
+
 async def test_duplicate_transaction_after_reopen(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     txn = parse_transaction_body({"events": [ev(1)]})
@@ -85,7 +99,7 @@ async def test_bad_and_failing_events_do_not_stop_the_others(store: Store) -> No
     )
     await proc.on_transaction("t1", txn)
     assert sink.seen == ["$e1", "$e3"]
-    assert await store.is_transaction_done("t1")
+    assert await store.is_transaction_done(transaction_key("t1", txn))
 
 
 async def test_ephemeral_data_is_passed_on(store: Store) -> None:
@@ -101,13 +115,15 @@ async def test_housekeeping_prunes_only_old_ids(store: Store) -> None:
 
     clock = FakeClock()
     proc = TransactionProcessor(store, RecordingSink(), clock, Metrics(), "@visio:hs")
-    await proc.on_transaction("old", parse_transaction_body({"events": [ev(1)]}))
+    old = parse_transaction_body({"events": [ev(1)]})
+    await proc.on_transaction("old", old)
     clock.advance(3 * 86400)
-    await proc.on_transaction("new", parse_transaction_body({"events": [ev(2)]}))
+    new = parse_transaction_body({"events": [ev(2)]})
+    await proc.on_transaction("new", new)
     clock.advance(5 * 86400)  # "old" is 8 days old, "new" 5 days
     removed = await Housekeeping(store, clock).run_once()
     assert removed == 2  # one transaction id and one event id
-    assert not await store.is_transaction_done("old")
-    assert await store.is_transaction_done("new")
+    assert not await store.is_transaction_done(transaction_key("old", old))
+    assert await store.is_transaction_done(transaction_key("new", new))
     assert await store.claim_event("$e1", clock.wall_ms())  # forgotten, claimable again
     assert not await store.claim_event("$e2", clock.wall_ms())

@@ -4,11 +4,17 @@ A transaction ID is recorded as done only after all its events were handled, and
 is claimed in storage before it is handled, so a homeserver retry (same txnId, same body), also
 after a restart of the service, has no effect twice. One bad event is logged and skipped; the
 others in the batch are still processed.
+
+"Done" is recorded per txnId AND body digest: Synapse on SQLite numbers transactions again from 1
+after it restarts (its id generator starts from the pending transactions, none once all are
+delivered), so a known txnId with a new body is a new transaction, not a retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from typing import Protocol
 
@@ -17,6 +23,13 @@ from visio_matrix.clock import Clock
 from visio_matrix.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+def transaction_key(txn_id: str, txn: Transaction) -> str:
+    """What is recorded as done: the txnId plus a digest of the body (a retry repeats both)."""
+    body = [txn.events, txn.ephemeral, txn.to_device, txn.device_lists, txn.otk_counts]
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=repr).encode()).hexdigest()
+    return f"{txn_id}:{digest[:16]}"
 
 
 class TransactionStore(Protocol):
@@ -53,8 +66,9 @@ class TransactionProcessor:
         self._lock = asyncio.Lock()
 
     async def on_transaction(self, txn_id: str, txn: Transaction) -> None:
+        key = transaction_key(txn_id, txn)
         async with self._lock:
-            if await self._store.is_transaction_done(txn_id):
+            if await self._store.is_transaction_done(key):
                 self._metrics.transactions.labels(outcome="duplicate").inc()
                 log.info("transaction %s already processed: ignored", txn_id)
                 return
@@ -65,7 +79,7 @@ class TransactionProcessor:
                     await self._sink.on_ephemeral(txn)
                 except Exception:
                     log.exception("error while handling ephemeral data of transaction %s", txn_id)
-            await self._store.mark_transaction_done(txn_id, self._clock.wall_ms())
+            await self._store.mark_transaction_done(key, self._clock.wall_ms())
             self._metrics.transactions.labels(outcome="processed").inc()
 
     async def _process_one(self, raw: object) -> None:

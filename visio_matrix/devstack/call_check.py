@@ -6,7 +6,8 @@ joins once the bot has answered, publishing its own colour and tone; then each o
 audio and video of every other participant and checks that the colour and the pitch are the sender's
 (so media is not only flowing but going to the right people under the right names). The report has,
 per participant, the frames received from each other one and the time from ``!visio start`` to its
-first frame from everyone.
+first frame from everyone. Participants may come from several homeservers, each signaling its own
+ministry's bot (``homes``, issue 5).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class FromPeer:
     user_id: str
     video: Received | None = None
     audio: Received | None = None
+    first_frame_after_s: float | None = None  # from !visio start to its video and audio both
 
     @property
     def ready(self) -> bool:
@@ -58,6 +60,7 @@ class ParticipantReport:
     first_frame_after_s: float | None = None  # from !visio start to media from every other participant
     error: str | None = None
     peers: dict[str, FromPeer] = field(default_factory=dict)
+    served_by: str | None = None  # the bot device whose relay sent this participant its media
     content_ok: bool = False
 
     def line(self) -> str:
@@ -119,6 +122,7 @@ async def _watch(p: _Participant, others: Sequence[_Participant], t0: float, tim
         peer.audio = p.probe.watch(audio.track)
         await peer.video.got_frame.wait()
         await peer.audio.got_frame.wait()
+        peer.first_frame_after_s = max(peer.video.first_frame_at or 0, peer.audio.first_frame_at or 0) - t0
 
     await asyncio.wait_for(asyncio.gather(*(one(o) for o in others)), timeout)
     firsts = [
@@ -137,17 +141,23 @@ async def run_call(
     listen_s: float = 2.0,
     timeout: float = 30.0,
     stop_after: bool = True,
+    homes: Sequence[tuple[str, str]] | None = None,
 ) -> CallResult:
-    """``people``: (user id, password) of room members who join with a new reference-client device."""
+    """``people``: (user id, password) of room members who join with a new reference-client device.
+
+    ``homes``: per person, (homeserver URL, bot user id) when they differ from ``homeserver_url`` and
+    ``bot_user_id`` (people of several ministries); ``bot_user_id`` is then the starter's bot.
+    """
+    if homes is not None and len(homes) != len(people):
+        raise ValueError(f"homes: {len(homes)} entries for {len(people)} people")
+    home = list(homes) if homes is not None else [(homeserver_url, bot_user_id)] * len(people)
     matrix = await asyncio.gather(
         *(
-            login_client(
-                homeserver_url, user_id, password, store_root / f"{i}-{time.time_ns()}", "visio-check"
-            )
+            login_client(home[i][0], user_id, password, store_root / f"{i}-{time.time_ns()}", "visio-check")
             for i, (user_id, password) in enumerate(people)
         )
     )
-    participants = [_Participant(i, m, room_id, bot_user_id) for i, m in enumerate(matrix)]
+    participants = [_Participant(i, m, room_id, home[i][1]) for i, m in enumerate(matrix)]
     try:
         t0 = time.monotonic()
         await starter.send_text(room_id, "!visio start")
@@ -158,6 +168,8 @@ async def run_call(
             try:
                 await p.call.join([p.audio, p.video])
                 p.report.joined_after_s = time.monotonic() - t0
+                focus = p.call.focus
+                p.report.served_by = f"{focus.user_id}/{focus.device_id}" if focus else None
                 await _watch(p, [o for o in participants if o is not p], t0, timeout)
             except Exception as exc:  # reported per participant; the others go on
                 p.report.error = f"{type(exc).__name__}: {exc}"

@@ -314,10 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="run a scripted check, print a summary, exit")
     parser.add_argument("--state", default=os.environ.get("VISIO_DEMO_STATE", "state"), help="state folder")
+    parser.add_argument(
+        "--federation", action="store_true", help="two ministries (two homeservers, two services)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # nio warns about every device it has no Olm session with yet: normal in a fresh demo room.
     logging.getLogger("nio").setLevel(logging.ERROR)
+    if args.federation:
+        from visio_matrix.devstack import federation_demo
+
+        return federation_demo.run(args)
     return asyncio.run(main_async(args))
 
 
