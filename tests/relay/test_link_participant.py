@@ -230,6 +230,45 @@ async def test_links_do_not_relay_onward_unless_allowed(relay: Relay) -> None:
         await signaling.close()
 
 
+async def test_onward_needs_the_publishing_link_to_permit_it(relay: Relay) -> None:
+    """(c2) L3 allows onward relaying, but L1 was added with onward_ok=False: L3 gets L2's streams
+    (and the local publisher's), never L1's; L1's still reach local participants."""
+    conference = await relay.create_conference("link-onward-ok")
+    signaling = Signaling(relay, conference)
+    try:
+        alice = Peer("alice", GREEN, 600.0)
+        await signaling.join(alice)
+        l1 = link_peer("l1", [("u1-stream", RED, 440.0)])
+        signaling.peers["l1"] = l1
+        negotiated = await conference.add_participant(
+            "l1",
+            offer_sdp=await l1.offer(),
+            metadata=BOT_B,
+            link=True,
+            onward_ok=False,
+            stream_owners={"u1-stream": U1},
+        )
+        await l1.accept(negotiated.sdp)
+        l2 = link_peer("l2", [("u2-stream", BLUE, 1000.0)])
+        await join_link_offering(signaling, l2, {"u2-stream": U2})
+        l3 = link_peer("l3", [("u3-stream", YELLOW, 1500.0)])
+        await join_link_offering(signaling, l3, {"u3-stream": U3}, allow_onward=True)
+
+        def publishers(pid: str) -> list[tuple[str, str]]:
+            return sorted((s.publisher_id, s.kind) for s in conference.streams_for(pid))
+
+        assert publishers("l3") == [("alice", "audio"), ("alice", "video"), ("l2", "audio"), ("l2", "video")]
+        assert ("l1", "video") in publishers("alice")
+        video = next(s for s in conference.streams_for("l3") if s.publisher_id == "l2" and s.kind == "video")
+        await signaling.wait_for(
+            lambda: decoded(l3.received.get(video.track_id), BLUE, None), 30, "L3 decoding L2's colour"
+        )
+        with pytest.raises(InvalidLinkError, match="onward_ok=False needs link=True"):
+            await conference.add_participant("x", onward_ok=False)
+    finally:
+        await signaling.close()
+
+
 async def test_normal_participants_unchanged(relay: Relay) -> None:
     """(d) Normal participants still receive everyone (links included) under their own metadata."""
     conference = await relay.create_conference("link-normal")

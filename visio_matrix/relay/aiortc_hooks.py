@@ -18,7 +18,8 @@ instead. The hooks below are the only code that touches private attributes; each
   random ports; this makes one peer connection gather only on given addresses (and ports).
 - ``route_rtp_by_mid``: aiortc's RTP router ignores the ``mid`` header extension; browsers' simulcast
   sections announce no SSRC, so a second video publication with the same payload type would be
-  dropped. The hook routes an unknown SSRC by its ``mid`` first (and remembers it).
+  dropped. The hook routes an unknown SSRC by its ``mid`` first (and remembers it); a packet naming
+  a ``mid`` not received on yet is dropped rather than handed to another m-line by payload type.
 - ``add_header_extensions`` / ``pin_codecs`` / ``offer_direction`` / ``sender_started``: what the
   relay needs to accept simulcast RID extensions and to send on m-lines a participant offered
   (participants that always offer, LiveKit v1 clients).
@@ -224,9 +225,13 @@ def _route_by_mid(transport: RTCDtlsTransport) -> None:
     def route_rtp(packet: RtpPacket) -> Any:
         if packet.ssrc not in router.ssrc_table and packet.extensions.mid is not None:
             receiver = router.mid_table.get(packet.extensions.mid)
-            if receiver is not None:
-                router.ssrc_table[packet.ssrc] = receiver
-                return receiver
+            if receiver is None:
+                # An m-line this side has not started receiving on yet (the peer applied our offer
+                # and sends before its answer reached us): aiortc would hand it, by payload type, to
+                # another m-line of the kind for good. Dropped; the stream's next packets route.
+                return None
+            router.ssrc_table[packet.ssrc] = receiver
+            return receiver
         return original(packet)
 
     router.route_rtp = route_rtp  # type: ignore[method-assign]

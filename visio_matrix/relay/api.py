@@ -199,6 +199,8 @@ class ParticipantStats:
     nacks_received: int = 0  # NACKed packets asked by this participant
     retransmissions: int = 0
     rtt_s: float | None = None
+    link: bool = False  # another relay (federation), not a user's connection
+    metadata: Mapping[str, str] = field(default_factory=dict)  # e.g. user_id / device_id
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,7 @@ class ConferenceApi(Protocol):
         link: bool = False,
         allow_onward: bool = False,
         stream_owners: Mapping[str, Mapping[str, str]] | None = None,
+        onward_ok: bool = True,
     ) -> Negotiated:
         """With an offer: returns the answer. Without: returns the relay's offer (see accept_answer).
 
@@ -249,7 +252,9 @@ class ConferenceApi(Protocol):
 
         ``link=True``: the participant is another relay (federation, ``relay/links.py``). It
         receives each local publisher's tracks once and, unless ``allow_onward``, nothing published
-        by other links. ``stream_owners`` (links only) maps its msid stream ids to the far-side
+        by other links; with ``allow_onward`` it receives another link's tracks only if that link
+        was added with ``onward_ok=True`` (the default; ``onward_ok=False`` on a non-link is an
+        error): a ministry may forbid its streams from going on to a third. ``stream_owners`` (links only) maps its msid stream ids to the far-side
         owner, ``{"user_id": ..., "device_id": ...}``: subscribers see that as
         ``StreamInfo.publisher_metadata`` (and ``PublishedTrack.owner``). Inconsistent or malformed
         link options raise ``InvalidLinkError``.
@@ -271,6 +276,16 @@ class ConferenceApi(Protocol):
         stream_owners: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """``stream_owners``: as for ``add_participant`` (a link's streams in its answer)."""
+        ...
+
+    async def request_offer(self, participant_id: str, *, add_audio: int = 0, add_video: int = 0) -> None:
+        """A fresh relay offer for a participant the relay offers to (mode "sfu"), with ``add_audio``
+        / ``add_video`` more ``recvonly`` m-lines: it comes as ``NegotiationNeeded`` even if nothing
+        else changed, or once the pending relay offer is answered. Used for a link whose far side
+        never offers and needs more sections to send on (``links.sections_needed``). Raises
+        ``UnknownParticipantError``, ``NegotiationError`` (answer-only or mcu participant) or
+        ``InvalidRequestError`` (negative counts, more than ``max_media_sections`` m-lines).
+        """
         ...
 
     async def add_ice_candidate(

@@ -48,6 +48,7 @@ from .errors import (
     ClosedError,
     DuplicateParticipantError,
     InvalidCandidateError,
+    InvalidRequestError,
     NegotiationError,
     RelayError,
     UnknownParticipantError,
@@ -101,6 +102,7 @@ class Conference:
         link: bool = False,
         allow_onward: bool = False,
         stream_owners: Mapping[str, Mapping[str, str]] | None = None,
+        onward_ok: bool = True,
     ) -> Negotiated:
         async with self._lock:
             self._check_open()
@@ -112,7 +114,7 @@ class Conference:
                 raise RelayError(
                     f"unknown participant mode {mode!r} (expected 'sfu', 'mcu' or 'sfu_answer_only')"
                 )
-            owners = links.check_role(participant_id, mode, link, allow_onward, stream_owners)
+            owners = links.check_role(participant_id, mode, link, allow_onward, stream_owners, onward_ok)
             checked = None if offer_sdp is None else self._check(offer_sdp, "offer")
             if mode == "mcu" and self._mcu is None:
                 self._mcu = ConferenceMcu(
@@ -132,7 +134,7 @@ class Conference:
                 self._options.subscriber_queue_size,
             )
             p.answer_only = mode == "sfu_answer_only"
-            p.link, p.allow_onward, p.stream_owners = link, allow_onward, owners
+            p.link, p.allow_onward, p.onward_ok, p.stream_owners = link, allow_onward, onward_ok, owners
             self._participants[participant_id] = p
             p.pc.on("track", lambda track: self._on_track(p, track))
             p.pc.on("connectionstatechange", lambda: self._on_connection_state(p))
@@ -189,6 +191,31 @@ class Conference:
             p.stream_owners.update(owners)
             self._sync_publications(p)
             self._start_connect_watch(p)
+            await self._reconcile()
+
+    async def request_offer(self, participant_id: str, *, add_audio: int = 0, add_video: int = 0) -> None:
+        async with self._lock:
+            p = self._get(participant_id)
+            if p.answer_only or p.mode != "sfu":
+                mode = "sfu_answer_only" if p.answer_only else p.mode
+                raise NegotiationError(
+                    f"participant {participant_id!r} (mode {mode!r}): the relay does not send it offers"
+                )
+            if add_audio < 0 or add_video < 0:
+                raise InvalidRequestError(
+                    f"participant {participant_id!r}: m-lines to add must not be negative "
+                    f"(add_audio={add_audio}, add_video={add_video})"
+                )
+            extra = p.extra_recv
+            total = len(p.pc.getTransceivers()) + extra["audio"] + extra["video"] + add_audio + add_video
+            if total > self._options.max_media_sections:
+                raise InvalidRequestError(
+                    f"participant {participant_id!r}: {total} m-lines would exceed "
+                    f"max_media_sections ({self._options.max_media_sections})"
+                )
+            extra["audio"] += add_audio
+            extra["video"] += add_video
+            p.needs_offer = True
             await self._reconcile()
 
     async def add_ice_candidate(
@@ -359,6 +386,10 @@ class Conference:
             else:
                 p.pc.addTransceiver("audio", direction="recvonly")
                 p.pc.addTransceiver("video", direction="recvonly")
+        for kind, count in p.extra_recv.items():
+            for _ in range(count):
+                p.pc.addTransceiver(kind, direction="recvonly")
+            p.extra_recv[kind] = 0
         desired = self._desired_ups(p)
         for up in [up for up in p.downs if up not in desired]:
             self._detach(p, up)
@@ -368,6 +399,7 @@ class Conference:
         prefer_forwardable(p)
         offer = await p.pc.createOffer()
         await p.pc.setLocalDescription(offer)
+        hooks.route_rtp_by_mid(p.pc)
         p.needs_offer = False
         return Negotiated(write_rejected(p.pc.localDescription.sdp, p.rejected), self.streams_for(p.id))
 

@@ -31,6 +31,10 @@ class InvalidLinkError(RelayError):
     """Relay-link options are inconsistent (e.g. ``stream_owners`` on a non-link) or malformed."""
 
 
+class InvalidRequestError(RelayError):
+    """A request's arguments are out of range (e.g. a negative or too large number of m-lines)."""
+
+
 class UnknownParticipantError(RelayError):
     """The participant id is not (or no longer) in the conference."""
 

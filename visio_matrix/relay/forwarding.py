@@ -82,10 +82,15 @@ class UpTrack:
     def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
         self._counters.packets_in += 1
         self._counters.bytes_in += len(packet.payload)
+        first = self._media_ssrc is None
         self._media_ssrc = packet.ssrc
         keyframe = self._video and is_keyframe_start(codec.mimeType, packet.payload)
         if keyframe:
             self._throttle.keyframe_seen()
+        elif first and self._video and self.downs:
+            # The stream's start was lost (e.g. sent before this side could route it): subscribers
+            # that asked for a keyframe before any packet came would otherwise wait for the next one.
+            self.request_keyframe()
         elif not self._video and self.on_audio_level is not None:
             level = packet.extensions.audio_level
             if level is not None:

@@ -3,9 +3,16 @@
 On a relay, another ministry's relay is ONE participant with the *link* role. It receives every
 track of the local (non-link) publishers once, however many subscribers the far side has; by
 default it receives nothing that arrived over another link (no onward relaying to a third ministry;
-``allow_onward`` lifts that, per link). The tracks it publishes belong to the far side's users:
+``allow_onward`` lifts that, per receiving link, for the tracks of links added with ``onward_ok``). The tracks it publishes belong to the far side's users:
 ``stream_owners`` maps each of its msid stream ids to ``{"user_id": ..., "device_id": ...}``, which
 becomes the track's ``PublishedTrack.owner`` and the ``publisher_metadata`` its subscribers see.
+
+Signaling between two relays (one link, one conference): the side that invites offers (its link
+participant has mode "sfu"), the other answers and never offers ("sfu_answer_only"). When the
+answering side needs more m-lines to send its users' streams, its ``NegotiationNeeded`` lists
+them with ``mid=None``; ``sections_needed`` counts them per kind and the offering side's
+``request_offer(add_audio=..., add_video=...)`` adds them to a fresh offer. ``owners_of`` turns the
+streams one side sends into the ``stream_owners`` the other side is given.
 
 Pure rules over participants; ``conference.Conference`` applies them.
 """
@@ -23,12 +30,19 @@ MAX_OWNER_FIELD = 255  # a Matrix user id is at most 255 bytes
 
 
 def check_role(
-    participant_id: str, mode: str, link: bool, allow_onward: bool, stream_owners: object
+    participant_id: str,
+    mode: str,
+    link: bool,
+    allow_onward: bool,
+    stream_owners: object,
+    onward_ok: bool = True,
 ) -> dict[str, dict[str, str]]:
     """The parsed stream-owner map of a new participant, or ``InvalidLinkError`` before anything changes."""
     if not link:
         if allow_onward:
             raise InvalidLinkError(f"participant {participant_id!r}: allow_onward needs link=True")
+        if not onward_ok:
+            raise InvalidLinkError(f"participant {participant_id!r}: onward_ok=False needs link=True")
         return check_owners(participant_id, False, stream_owners)
     if mode == "mcu":
         raise InvalidLinkError(f"participant {participant_id!r}: a link cannot use mode 'mcu'")
@@ -62,8 +76,11 @@ def check_owners(participant_id: str, link: bool, stream_owners: object) -> dict
 
 
 def receives_from(subscriber: Participant, publisher: Participant) -> bool:
-    """Whether the roles let ``subscriber`` receive ``publisher``'s tracks (subscriptions aside)."""
-    return not (subscriber.link and publisher.link and not subscriber.allow_onward)
+    """Whether the roles let ``subscriber`` receive ``publisher``'s tracks (subscriptions aside): a
+    link gets another link's tracks only if it allows onward relaying and the publisher permits it."""
+    if not (subscriber.link and publisher.link):
+        return True
+    return subscriber.allow_onward and publisher.onward_ok
 
 
 def desired_ups(
@@ -97,3 +114,17 @@ def stream_info(up: UpTrack, publisher: Participant | None) -> StreamInfo:
         publisher_track_id=up.info.origin_track_id or up.info.track_id,
         publisher_metadata=metadata,
     )
+
+
+def sections_needed(streams: Iterable[StreamInfo]) -> tuple[int, int]:
+    """(audio, video): the m-lines an answer-only participant must add, from its ``NegotiationNeeded``
+    streams (those with ``mid=None``)."""
+    audio = sum(1 for s in streams if s.mid is None and s.kind == "audio")
+    video = sum(1 for s in streams if s.mid is None and s.kind == "video")
+    return audio, video
+
+
+def owners_of(streams: Iterable[StreamInfo]) -> dict[str, dict[str, str]]:
+    """The ``stream_owners`` for the far relay: each sent stream's msid stream id -> its publisher's
+    metadata; streams whose publisher has no ``user_id`` are left out (the link's metadata applies)."""
+    return {s.stream_id: dict(s.publisher_metadata) for s in streams if s.publisher_metadata.get("user_id")}

@@ -63,6 +63,8 @@ class Participant:
         self.stream_purposes: dict[str, str] = {}
         self.link = False  # another relay (links.py): receives local publishers only, unless allow_onward
         self.allow_onward = False
+        self.onward_ok = True  # link: its tracks may go on to links that allow_onward
+        self.extra_recv: dict[str, int] = {"audio": 0, "video": 0}  # recvonly m-lines for the next offer
         self.stream_owners: dict[str, dict[str, str]] = {}  # link: msid stream id -> owner metadata
         self.negotiated_once = False
         self.needs_offer = False
@@ -107,6 +109,8 @@ class Participant:
             nacks_received=c.nacks_received,
             retransmissions=c.retransmissions,
             rtt_s=sum(rtts) / len(rtts) if rtts else None,
+            link=self.link,
+            metadata=dict(self.metadata),
         )
 
     async def close(self) -> None:
