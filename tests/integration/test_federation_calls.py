@@ -24,7 +24,6 @@ import pytest
 from federation_fixtures import Federation
 
 from visio_matrix.app import Service
-from visio_matrix.client.matrix import VisioMatrixClient, login_client
 from visio_matrix.client.media import ColorVideoTrack, MediaProbe, Received, ToneAudioTrack
 from visio_matrix.client.session import CallHungUp, ConferenceClient
 from visio_matrix.devstack.call_check import loopback_pc
@@ -40,7 +39,34 @@ def said(bot: str, *fragments: str) -> Callable[[Any], bool]:
     return lambda m: m.sender == bot and all(f in (m.body or "") for f in fragments)
 
 
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str) -> float:
+def describe(fed: Federation, room_id: str) -> str:
+    """Each running relay's view of the room's call, for failure messages."""
+    lines = []
+    for name, service in fed.services.items():
+        conference_id = service.hub.conference_of_room(room_id)
+        if conference_id is None:
+            lines.append(f"{name}: no call")
+            continue
+        conference = service.relay.conference(conference_id)
+        for p in conference.stats().participants:
+            streams = [
+                (s.publisher_metadata.get("user_id"), s.kind, s.mid)
+                for s in conference.streams_for(p.participant_id)
+            ]
+            lines.append(
+                f"{name}: {p.participant_id} {dict(p.metadata)} link={p.link} in={p.packets_in} out={p.packets_out} drops={p.drops} pli_in={p.keyframe_requests_received} pli_fwd={p.keyframe_requests_forwarded} nacks={p.nacks_received}"
+                f" gets {streams}"
+            )
+        lines += [
+            f"{name}: track {t.participant_id} {t.kind} owner={t.owner}"
+            for t in conference.published_tracks()
+        ]
+    return "\n".join(lines)
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str, explain: Callable[[], str] = str
+) -> float:
     """Polls ``check`` until true; returns the seconds it took, fails naming ``what`` after ``timeout``."""
     started = time.monotonic()
     while True:
@@ -50,7 +76,7 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float
         if result:
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            pytest.fail(f"timed out after {timeout}s waiting for {what}\n{explain()}")
         await asyncio.sleep(0.1)
 
 
@@ -66,7 +92,6 @@ class Person:
         self.index = index
         self.rgb = ((53 * index) % 200 + 40, (97 * index) % 200 + 40, (151 * index) % 200 + 40)
         self.tone = 300.0 + 150.0 * index
-        self.client: VisioMatrixClient | None = None
         self.call: ConferenceClient | None = None
         self.probe = MediaProbe()
         self.tracks: list[Any] = []
@@ -74,20 +99,14 @@ class Person:
         self._watched: dict[int, Received] = {}  # id(receiver track) -> its decoding
 
     async def join(self, room_id: str, publish: bool = True, bot: str | None = None) -> None:
-        m = self.fed[self.ministry]
-        self.client = await login_client(
-            m.hs.base_url,
-            self.user_id,
-            m.password,
-            m.workdir / "clients" / f"{self.user_id}-{time.time_ns()}",
-        )
+        """Joins the call from the user's own (room) device: one E2EE device per person keeps the
+        process light enough for real-time media (every client and both services share one loop)."""
         if publish:
             self.tracks = [ToneAudioTrack(self.tone), ColorVideoTrack(self.rgb)]
         self.call = ConferenceClient(
-            self.client.client,
+            self.matrix.client,
             room_id,
-            bot or m.bot_user_id,
-            channel=self.client.to_device,
+            bot or self.fed[self.ministry].bot_user_id,
             peer_connection_factory=loopback_pc,
             join_timeout=30,
         )
@@ -117,6 +136,20 @@ class Person:
             and abs(audio.dominant_frequency() - other.tone) < 40
         )
 
+    def report(self) -> str:
+        self.watch()
+        assert self.call is not None
+        tracks = [(t.user_id, t.kind, t.mid) for t in self.call.remote]
+        got = {
+            f"{user} {kind}": (
+                r.frames,
+                r.last_rgb and tuple(int(c) for c in r.last_rgb),
+                round(r.dominant_frequency()),
+            )
+            for (user, kind), r in self.received.items()
+        }
+        return f"{self.user_id} (sends {self.rgb}, {self.tone} Hz) has tracks {tracks}, decoded {got}"
+
     def video_frames(self, other: Person) -> int:
         self.watch()
         video = self.received.get((other.user_id, "video"))
@@ -128,8 +161,6 @@ class Person:
         await self.probe.close()
         for track in self.tracks:
             track.stop()
-        if self.client is not None:
-            await self.client.close()
 
 
 async def people(fed: Federation, spec: list[tuple[str, str]]) -> list[Person]:
@@ -209,6 +240,9 @@ async def test_two_ministries_one_call_each_relay_serves_its_own(
                         lambda p=p, other=other: p.hears(other),
                         30,
                         f"{p.user_id} hearing and seeing {other.user_id}",
+                        lambda p=p, other=other: (
+                            describe(fed, room_id) + "\n" + p.report() + "\n" + other.report()
+                        ),
                     )
 
         # Who serves whom: each relay has its own ministry's users and exactly one link.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from visio_matrix.calls.federation import owners_of, sections_needed
 from visio_matrix.relay.api import StreamInfo
+from visio_matrix.relay.links import owners_of, sections_needed
 from visio_matrix.signaling.link import (
     LINK_KEY,
     LinkInfo,

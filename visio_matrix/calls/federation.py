@@ -34,6 +34,7 @@ from visio_matrix.clock import Clock
 from visio_matrix.config.model import FederationConfig, PeerConfig, PolicyConfig
 from visio_matrix.crypto.todevice import SecureToDevice
 from visio_matrix.relay.api import Negotiated, StreamInfo
+from visio_matrix.relay.links import owners_of, sections_needed
 from visio_matrix.signaling.conference import (
     ConferenceMessage,
     GroupFields,
@@ -174,27 +175,6 @@ class Hub(Protocol):
     def take_restorable(self, transport: Any) -> list[Any]: ...
 
 
-def owners_of(streams: Sequence[StreamInfo]) -> dict[str, dict[str, str]]:
-    """Whose media each stream of our SDP is (msid stream id -> user/device), for the far relay."""
-    out: dict[str, dict[str, str]] = {}
-    for s in streams:
-        user_id = s.publisher_metadata.get("user_id")
-        if user_id:
-            out[s.stream_id] = {"user_id": user_id, "device_id": s.publisher_metadata.get("device_id", "")}
-    return out
-
-
-def sections_needed(streams: Sequence[StreamInfo]) -> tuple[int, int]:
-    """(audio, video) m-lines the offering side must add for the streams that have none yet."""
-    audio = sum(1 for s in streams if s.mid is None and s.kind == "audio")
-    video = sum(1 for s in streams if s.mid is None and s.kind == "video")
-    return audio, video
-
-
-def server_of(user_id: str) -> str:
-    return user_id.partition(":")[2]
-
-
 @dataclass
 class _Link:
     """One link of a room's call with one peer ministry; the hub's ``ParticipantLink`` for it."""
@@ -234,6 +214,7 @@ class _Link:
         if self.ended:
             return
         if negotiated.sdp:
+            log.info("new link offer to %s for %s (%d streams)", self.server, self.room_id, len(negotiated.streams))
             self.awaiting_answer = True
             content = build_conference_negotiate(
                 self.call_id,
@@ -246,6 +227,12 @@ class _Link:
             await self.owner.send(self, "m.call.negotiate", content, negotiated.streams)
         else:
             # We answer only: the far relay must offer again, with the sections our streams need.
+            log.info(
+                "asking %s for a new link offer for %s (sections to add: %s)",
+                self.server,
+                self.room_id,
+                sections_needed(negotiated.streams),
+            )
             self.seq += 1
             content = build_link_update(
                 self.call_id,

@@ -9,6 +9,7 @@ records in the store.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Protocol
 
@@ -25,6 +26,8 @@ from visio_matrix.tasks import TaskOwner
 from visio_matrix.web.lobby import LobbyDecision, LobbyError
 
 log = logging.getLogger(__name__)
+
+JOIN_RETRY_DELAYS_S = (0.5, 1.0, 2.0)  # then one last try, whose error is logged with the event
 
 
 class RoomIO(Protocol):
@@ -207,7 +210,17 @@ class RoomBot:
             await self._io.leave(event.room_id)
             return
         log.info("joining %s on invite from %s", event.room_id, event.sender)
-        await self._io.join(event.room_id)
+        for delay in JOIN_RETRY_DELAYS_S:
+            try:
+                await self._io.join(event.room_id)
+                break
+            except Exception as exc:
+                # An invite over federation can reach us before our homeserver lets us join with it
+                # ("You are not invited"): try again shortly.
+                log.info("joining %s failed (%s): again in %.1fs", event.room_id, exc, delay)
+                await asyncio.sleep(delay)
+        else:
+            await self._io.join(event.room_id)
         await self._io.send(
             event.room_id, "m.room.message", notice("Hello! Type !visio help to see what I can do.")
         )

@@ -203,6 +203,7 @@ class ConferenceClient:
         self._left = False  # leave() was called: nothing more, not even a re-invite
         self._hung_up = False  # the current call is over (hangup sent or received)
         self._bot_deflates = False  # the bot said it reads compressed messages
+        self._closing: set[asyncio.Future[None]] = set()  # peer connection closes under way
 
     # ---- public API -----------------------------------------------------------------------------
 
@@ -291,6 +292,8 @@ class ConferenceClient:
         if self._own_channel is not None:
             await self._own_channel.close()
         await self._close_pc()
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=10)
         await self.remote.clear(ConferenceError("the call was left"))
 
     # ---- receiving ------------------------------------------------------------------------------
@@ -632,6 +635,12 @@ class ConferenceClient:
         )
 
     async def _close_pc(self) -> None:
+        """Closes the peer connection to the end even if the task asking is cancelled (a hangup handled
+        by the signaling worker while ``leave()`` stops that worker): a close cut short leaves aiortc's
+        decoder threads waiting forever. ``leave()`` waits for closes still running."""
         pc, self._pc = self._pc, None
         if pc is not None:
-            await pc.close()
+            closing = asyncio.ensure_future(pc.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            await asyncio.shield(closing)
