@@ -214,7 +214,9 @@ class _Link:
         if self.ended:
             return
         if negotiated.sdp:
-            log.info("new link offer to %s for %s (%d streams)", self.server, self.room_id, len(negotiated.streams))
+            log.info(
+                "new link offer to %s for %s (%d streams)", self.server, self.room_id, len(negotiated.streams)
+            )
             self.awaiting_answer = True
             content = build_conference_negotiate(
                 self.call_id,
