@@ -28,27 +28,42 @@ def video_of(signaling: Signaling, subscriber: str, publisher: str) -> Received 
 
 
 class LossyLink:
-    """Drops every ``every``-th VP8 packet a peer connection receives; counts RTX arrivals."""
+    """Drops every ``every``-th VP8 packet a peer connection receives, before SRTP (as a network
+    would: a retransmission with the same sequence number is then no replay); counts repairs: RTX
+    packets (what aiortc publishers send) and VP8 packets arriving again with a dropped sequence
+    number (what the relay sends: plain retransmissions). SRTP leaves the RTP header in clear."""
 
     def __init__(self, pc: RTCPeerConnection, every: int) -> None:
         self.dropped = 0
         self.rtx_seen = 0
+        self.resent_seen = 0
+        self._dropped_seqs: set[tuple[int, int]] = set()  # (ssrc, seq)
         self._count = 0
-        transport = pc.getTransceivers()[0].receiver.transport  # bundled: one transport
-        original: Callable[[bytes, int], Awaitable[None]] = transport._handle_rtp_data
+        ice = pc.getTransceivers()[0].receiver.transport.transport  # bundled: one ICE transport
+        original: Callable[[], Awaitable[bytes]] = ice._recv
 
-        async def handle(data: bytes, arrival_time_ms: int) -> None:
-            pt = data[1] & 0x7F
-            if pt == VP8_PT:
-                self._count += 1
-                if self._count % every == 0:
-                    self.dropped += 1
-                    return
-            elif pt == RTX_PT and len(data) > 14:
-                self.rtx_seen += 1
-            await original(data, arrival_time_ms)
+        async def recv() -> bytes:
+            while True:
+                data = await original()
+                if len(data) < 12 or not 127 < data[0] < 192:  # not RTP/RTCP (DTLS, STUN)
+                    return data
+                pt = data[1] & 0x7F
+                key = (int.from_bytes(data[8:12], "big"), int.from_bytes(data[2:4], "big"))
+                if pt == VP8_PT:
+                    if key in self._dropped_seqs:
+                        self.resent_seen += 1
+                        self._dropped_seqs.discard(key)
+                    else:
+                        self._count += 1
+                        if self._count % every == 0:
+                            self.dropped += 1
+                            self._dropped_seqs.add(key)
+                            continue
+                elif pt == RTX_PT and len(data) > 14:
+                    self.rtx_seen += 1
+                return data
 
-        transport._handle_rtp_data = handle  # type: ignore[method-assign]
+        ice._recv = recv  # type: ignore[method-assign]
 
 
 async def measure(signaling: Signaling, seconds: float) -> tuple[int, int]:
@@ -66,6 +81,9 @@ async def test_lost_video_packets_are_retransmitted(relay: Relay, leg: str) -> N
     signaling = Signaling(relay, conference)
     try:
         await signaling.join(Peer("alice", (230, 20, 20), 440))
+        # A second video publisher: bob then receives two video m-lines sharing payload types (aiortc
+        # receivers cannot route RTX there: the relay's retransmissions must still reach bob).
+        await signaling.join(Peer("carol", (20, 20, 230), 700))
         await signaling.join(Peer("bob", (20, 230, 20), 1000))
         await signaling.wait_for(
             lambda: (r := video_of(signaling, "bob", "alice")) is not None and r.frames >= 10,
@@ -78,8 +96,11 @@ async def test_lost_video_packets_are_retransmitted(relay: Relay, leg: str) -> N
             link = LossyLink(conference._participants["alice"].pc, every=7)
         produced, decoded = await measure(signaling, 3.0)
         assert link.dropped >= 3, "the lossy link dropped packets"
-        assert link.rtx_seen >= 1, "retransmissions (RTX) arrived on the lossy leg"
         assert decoded >= 0.8 * produced, f"bob decoded {decoded} of {produced} frames despite the loss"
+        if leg == "subscriber":
+            assert link.resent_seen >= 1, "the relay's retransmissions arrived on the lossy leg"
+        else:
+            assert link.rtx_seen >= 1, "alice's retransmissions (RTX) arrived on the lossy leg"
         bob = next(s for s in conference.stats().participants if s.participant_id == "bob")
         if leg == "subscriber":
             assert bob.nacks_received >= 1 and bob.retransmissions >= 1, bob

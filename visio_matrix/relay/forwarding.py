@@ -23,9 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiortc import RTCRtpReceiver, RTCRtpSender
-from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
-from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket, wrap_rtx
+from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
 
 from ..clock import Clock
 from ..tasks import TaskOwner
@@ -151,9 +150,7 @@ class DownTrack:
         self._waiting_keyframe = self._video
         self._started = False
         self._pt = 0
-        self._rtx_pt: int | None = None
-        self._ssrc, self._rtx_ssrc = hooks.sender_ssrcs(sender)
-        self._rtx_seq = random.randint(0, 0x7FFF)
+        self._ssrc, _ = hooks.sender_ssrcs(sender)
         self._mid: str | None = None
         self.extensions = HeaderExtensionsMap()
         # audio level (None, or aiortc's (vad, level)) -> the packed header extension block
@@ -163,9 +160,6 @@ class DownTrack:
         """Called once the subscriber negotiated this stream (aiortc started the sender)."""
         codec = parameters.codecs[0]
         self._pt = codec.payloadType or 0
-        for c in parameters.codecs:
-            if is_rtx(c) and c.parameters.get("apt") == codec.payloadType:
-                self._rtx_pt = c.payloadType
         self._mid = parameters.muxId
         self.extensions.configure(parameters)
         self._ext_blocks.clear()
@@ -241,16 +235,11 @@ class DownTrack:
             kept = self.history.get(seq)
             if kept is None or self._path.backlog() > self._writer.max_backlog:
                 continue
+            # Resent as it was (same SSRC and sequence number), not wrapped in RTX: every receiver
+            # takes a late packet, while aiortc receivers (our reference client, Python callers) drop
+            # RTX when several m-lines share the RTX payload type (they route RTX by payload type
+            # only), so they would NACK the same packets forever and their video would freeze.
             data, payload_bytes = kept
-            if self._rtx_pt is not None:
-                packet = wrap_rtx(
-                    RtpPacket.parse(data, self.extensions),
-                    payload_type=self._rtx_pt,
-                    sequence_number=self._rtx_seq,
-                    ssrc=self._rtx_ssrc,
-                )
-                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-                data, payload_bytes = packet.serialize(self.extensions), len(packet.payload)
             if self._send(data, payload_bytes):
                 self._counters.retransmissions += 1
 
