@@ -308,3 +308,22 @@ async def test_an_unanswered_invite_is_given_up_and_retried() -> None:
     await setup.links.maintain()
     assert len(setup.hub.joins) == 2
     await setup.links.stop()
+
+
+async def test_while_linked_an_invite_of_the_same_peer_run_is_ignored_and_a_restarted_peer_replaces(
+    setup: Setup,
+) -> None:
+    await setup.receive(B.bot_user_id, "m.call.invite", invite(B))
+    view = ParticipantView(
+        "PA_1", "conf1", ROOM, Identity(B.bot_user_id, "BOTDEV"), "federation", 0, True, "b.example"
+    )
+    await setup.links.on_hub_event(ParticipantConnectedEvent(ROOM, "conf1", view))
+    await asyncio.sleep(0.05)
+    assert setup.links.link_states(ROOM)["b.example"][0] == "linked"
+    stale = invite(B, call_id="link-old")  # sent by the same run of B's service (same session)
+    await setup.receive(B.bot_user_id, "m.call.invite", stale)
+    assert len(setup.hub.joins) == 1 and setup.hub.left == []
+    restarted = invite(B, call_id="link-new")
+    restarted["sender_session_id"] = "newsession"
+    await setup.receive(B.bot_user_id, "m.call.invite", restarted)
+    assert len(setup.hub.joins) == 2 and setup.hub.left == ["PA_1"]

@@ -730,6 +730,16 @@ class FederationLinks:
         ):
             log.info("link invites crossed with %s in %s: ours wins", peer.server_name, room_id)
             return
+        if (
+            current is not None
+            and ps.state == "linked"
+            and current.their_session == parsed.group.sender_session_id
+        ):
+            # The same run of the peer invites while our link with it works: an invite it sent while
+            # we were away and has given up since (its hangup follows), or one that crossed ours. A
+            # peer whose side of the link failed hangs it up first, then invites again.
+            log.info("link invite %s from %s while linked with it: ignored", m.call_id, peer.server_name)
+            return
         if current is not None:
             self._forget(current)
             if current.participant_id:
