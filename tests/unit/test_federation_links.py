@@ -327,3 +327,47 @@ async def test_while_linked_an_invite_of_the_same_peer_run_is_ignored_and_a_rest
     restarted["sender_session_id"] = "newsession"
     await setup.receive(B.bot_user_id, "m.call.invite", restarted)
     assert len(setup.hub.joins) == 2 and setup.hub.left == ["PA_1"]
+
+
+async def test_an_invite_whose_hangup_came_with_it_is_skipped(setup: Setup) -> None:
+    """Invites a peer sent while we were away arrive together with the hangups that gave them up."""
+    stale = invite(B, call_id="link-stale")
+    hangup = {
+        "call_id": "link-stale",
+        "party_id": "BOTDEV",
+        "version": "1",
+        "reason": "invite_timeout",
+        "conf_id": "",
+        "device_id": "BOTDEV",
+        "sender_session_id": "theirsession",
+        "dest_session_id": "",
+        "seq": 2,
+    }
+    assert setup.channel.handler is not None
+    for event_type, content in (("m.call.invite", stale), ("m.call.hangup", hangup)):
+        await setup.channel.handler(
+            SecureToDevice(event_type, content, B.bot_user_id, "curve", "BOTDEV", KEY, "BOTDEV")
+        )
+    await asyncio.sleep(0.05)
+    assert setup.hub.joins == [] and setup.channel.sent == []
+
+
+async def test_a_restarted_peer_s_invite_wins_over_ours_still_unanswered() -> None:
+    s = Setup()
+    s.hub.rooms.append(ROOM)
+    access = Access(frozenset({B.bot_user_id}))
+    try:
+        await s.receive(B.bot_user_id, "m.call.invite", invite(B, call_id="link-1"))  # B's first run
+        link = s.links._peers[(ROOM, "b.example")].link
+        assert link is not None
+        await s.links.on_link_closed(link, "media_failed")
+        s.links._access = access  # B's bot is now seen in the room: we invite again (B is down)
+        s.clock.advance(2)
+        await s.links.maintain()
+        assert [j["mode"] for j in s.hub.joins] == ["sfu_answer_only", "sfu"]
+        back = invite(B, call_id="link-2")
+        back["sender_session_id"] = "secondrun"  # B restarted: it never got our invite
+        await s.receive(B.bot_user_id, "m.call.invite", back)
+        assert [j["mode"] for j in s.hub.joins] == ["sfu_answer_only", "sfu", "sfu_answer_only"]
+    finally:
+        await s.links.stop()

@@ -95,6 +95,8 @@ REFUSED_RETRY_S = 60.0  # after a policy/trust refusal by the peer
 TICK_S = 1.0
 ROSTER_DEBOUNCE_S = 0.2
 SEND_TIMEOUT_S = 10.0
+STOP_HANGUP_S = 3.0
+HUNG_UP_MEMORY_S = 120.0  # a stopping service waits this long at most to tell its peers
 
 
 class Channel(Protocol):
@@ -302,6 +304,9 @@ class FederationLinks:
         self._by_call: dict[str, _Link] = {}
         self._workers: dict[str, asyncio.Queue[Callable[[], Awaitable[None]]]] = {}
         self._roster_dirty: set[str] = set()
+        self._peer_sessions: dict[str, str] = {}  # server -> the session of its service we last linked with
+        # Link calls whose hangup has arrived (maybe not handled yet): their invite is stale.
+        self._hung_up: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._tasks = TaskOwner("federation-links")
 
@@ -319,15 +324,19 @@ class FederationLinks:
         self._tasks.spawn(self._roster_loop(), "rosters")
 
     async def stop(self) -> None:
-        """Tell linked peers we are going (they keep their local calls and retry), then stop."""
+        """Stop keeping links up, then tell linked peers we are going (they keep their local calls and
+        retry until we are back), waiting at most ``STOP_HANGUP_S`` for that."""
         links = [ps.link for ps in self._peers.values() if ps.link is not None and not ps.link.ended]
         for link in links:
             link.ended = True
-        if links:
-            await asyncio.gather(
-                *(self._hangup(link, VisioReason.SHUTDOWN) for link in links), return_exceptions=True
-            )
         await self._tasks.close()
+        if links:
+            sends = [asyncio.ensure_future(self._hangup(link, VisioReason.SHUTDOWN)) for link in links]
+            _, late = await asyncio.wait(sends, timeout=STOP_HANGUP_S)
+            for send in late:
+                send.cancel()
+            if late:
+                log.warning("%d peers not told that we stop (their homeserver is slow or down)", len(late))
         self._peers.clear()
         self._by_call.clear()
 
@@ -589,6 +598,12 @@ class FederationLinks:
         peer = self._trust.peer_for(msg.sender)
         if peer is None:
             return  # a participant's signaling: calls.todevice handles it
+        if msg.type == "m.call.hangup" and isinstance(msg.content.get("call_id"), str):
+            # Noted on arrival: an invite queued before it (sent while we were away, then given up
+            # by the peer) is then skipped instead of replacing what we are setting up.
+            now = self._clock.now()
+            self._hung_up = {c: t for c, t in self._hung_up.items() if now - t < HUNG_UP_MEMORY_S}
+            self._hung_up[msg.content["call_id"]] = now
         if not msg.verified:
             msg = await self._channel.refresh_sender(msg)
         self._enqueue(peer.server_name, lambda: self._handle(peer, msg))
@@ -722,11 +737,16 @@ class FederationLinks:
         current = ps.link
         if current is not None and current.call_id == m.call_id:
             return  # duplicate
+        if m.call_id in self._hung_up:
+            log.info("link invite %s from %s already hung up by it: skipped", m.call_id, peer.server_name)
+            return
+        restarted = self._peer_sessions.get(peer.server_name) not in (None, parsed.group.sender_session_id)
         if (
             current is not None
             and current.offerer
             and not current.answered
             and self.server_name < peer.server_name
+            and not restarted  # a restarted peer never got our invite: take its own
         ):
             log.info("link invites crossed with %s in %s: ours wins", peer.server_name, room_id)
             return
@@ -776,6 +796,7 @@ class FederationLinks:
             return
         link.participant_id = joined.participant_id
         link.answered = True
+        self._peer_sessions[peer.server_name] = parsed.group.sender_session_id
         log.info("linked the call in %s with %s's relay (answering)", room_id, peer.server_name)
         try:
             content = build_conference_answer(
@@ -799,6 +820,7 @@ class FederationLinks:
         link.answered = True
         link.devices = (device,)
         link.their_session = parsed.group.sender_session_id
+        self._peer_sessions[link.server] = link.their_session
         try:
             await self._hub.accept_answer(link.participant_id, sdp, info.owners if info else None)
         except HubError as exc:
