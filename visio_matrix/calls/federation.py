@@ -318,8 +318,10 @@ class FederationLinks:
 
     def start(self) -> None:
         self._channel.add_handler(self._on_secure)
-        for _record, participant in self._hub.take_restorable("federation"):
-            log.info("link of %s with %s to be restored", _record.room_id, participant.user_id)
+        # Links of calls active at the last stop come back through ``maintain`` (the call is still
+        # active in the store); the hub's records of them are only taken here so they are not kept.
+        for record, participant in self._hub.take_restorable("federation"):
+            log.info("link of %s with %s to be restored", record.room_id, participant.user_id)
         self._tasks.spawn(self._maintain_loop(), "maintain")
         self._tasks.spawn(self._roster_loop(), "rosters")
 

@@ -2,8 +2,8 @@
 
 A room has one conference, whichever way each participant arrives. Each way in is a *transport*:
 Matrix-native to-device signaling (``calls.todevice``), a 1:1 ``m.call.*`` call in the user's DM with
-the bot (``calls.dm_calls``), the LiveKit-compatible focus (``focus/``), later federation links and
-SIP. A transport verifies who the participant is, then asks the hub (``calls.hub.ConferenceHub``)
+the bot (``calls.dm_calls``), the LiveKit-compatible focus (``focus/``), links to other ministries'
+relays (``calls.federation``), later SIP. A transport verifies who the participant is, then asks the hub (``calls.hub.ConferenceHub``)
 to admit them; the hub checks that they are a member of the room, creates or finds the room's
 conference, and drives the relay. For each participant the transport hands the hub a
 :class:`ParticipantLink`: the hub calls it back when the relay has a new offer for that participant,
