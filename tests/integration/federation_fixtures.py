@@ -122,6 +122,12 @@ class Federation:
     async def close(self) -> None:
         await asyncio.gather(*(u.close() for u in self._users), return_exceptions=True)
         self._users.clear()
+        # End this test's calls: the homeservers and stores outlive the test, and a call still
+        # active would be linked again by every later test's services (a running service ends an
+        # empty call by itself once the far side reports its people gone; these stop at once).
+        for service in self.services.values():
+            for room_id in await service.hub.active_rooms():
+                await service.hub.end_conference(room_id, "")
         await asyncio.gather(*(self.stop_service(n) for n in list(self.services)), return_exceptions=True)
         # The next test gets every homeserver up again.
         await asyncio.gather(*(m.hs.start() for m in self.ministries.values() if not m.hs.running))
