@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -70,20 +70,18 @@ from .hub_api import (
     GUEST_USER_PREFIX,
     ConferenceEnded,
     ConferenceStarted,
+    HubApi,
     HubError,
     HubEvent,
     Identity,
-    Joined,
     LinkState,
     LinkStatusChanged,
     ParticipantConnectedEvent,
     ParticipantJoined,
-    ParticipantLink,
     ParticipantRemoved,
     ParticipantView,
     RelayLinkOptions,
     RemovalReason,
-    TransportName,
 )
 
 log = logging.getLogger(__name__)
@@ -125,40 +123,10 @@ class Access(Protocol):
     async def is_joined(self, room_id: str, user_id: str) -> bool: ...
 
 
-class Hub(Protocol):
-    async def join(
-        self,
-        room_id: str,
-        identity: Identity,
-        link: ParticipantLink,
-        *,
-        transport: TransportName,
-        offer_sdp: str | None = None,
-        mode: Any = "sfu",
-        start_if_none: bool = False,
-        transport_data: Mapping[str, str] | None = None,
-        session_key: str | None = None,
-        relay_link: RelayLinkOptions | None = None,
-    ) -> Joined: ...
-
-    async def apply_offer(
-        self,
-        participant_id: str,
-        offer_sdp: str,
-        stream_purposes: Mapping[str, str] | None = None,
-        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> Negotiated: ...
-
-    async def accept_answer(
-        self,
-        participant_id: str,
-        answer_sdp: str,
-        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> None: ...
+class Hub(HubApi, Protocol):
+    """``calls.hub.ConferenceHub``: the transport contract plus what links need."""
 
     async def request_offer(self, participant_id: str, add_audio: int = 0, add_video: int = 0) -> None: ...
-
-    async def leave(self, participant_id: str, reason: str = RemovalReason.LEFT) -> None: ...
 
     async def end_conference(self, room_id: str, ended_by: str) -> Any: ...
 

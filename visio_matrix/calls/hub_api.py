@@ -231,8 +231,11 @@ class HubApi(Protocol):
         transport_data: Mapping[str, str] | None = None,
         session_key: str | None = None,
         guest: bool = False,
+        relay_link: RelayLinkOptions | None = None,
     ) -> Joined:
         """Admit ``identity`` into ``room_id``'s conference.
+
+        ``relay_link``: the participant is another ministry's relay (``RelayLinkOptions``).
 
         ``guest``: a guest admitted from the lobby (``identity.user_id`` is ``guest:<guest_id>``): the
         membership and server policy checks are skipped (code ``bad_guest`` for another user id).
@@ -248,10 +251,21 @@ class HubApi(Protocol):
         ...
 
     async def apply_offer(
-        self, participant_id: str, offer_sdp: str, stream_purposes: Mapping[str, str] | None = None
+        self,
+        participant_id: str,
+        offer_sdp: str,
+        stream_purposes: Mapping[str, str] | None = None,
+        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Negotiated: ...
 
-    async def accept_answer(self, participant_id: str, answer_sdp: str) -> None: ...
+    async def accept_answer(
+        self,
+        participant_id: str,
+        answer_sdp: str,
+        stream_owners: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """``stream_owners``: a link's streams in its answer (who each far-side stream belongs to)."""
+        ...
 
     async def add_ice_candidate(
         self,
