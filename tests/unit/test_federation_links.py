@@ -25,12 +25,14 @@ from visio_matrix.config.model import FederationConfig, PeerConfig, PolicyConfig
 from visio_matrix.crypto.todevice import SecureToDevice
 from visio_matrix.relay.api import Negotiated
 from visio_matrix.signaling.conference import GroupFields, build_conference_invite
+from visio_matrix.signaling.envelope import inflate
 from visio_matrix.signaling.link import LinkInfo, RosterEntry, with_link_info
 
 ROOM = "!r:a.example"
 KEY = "A" * 43
 B = PeerConfig("b.example", "@visio:b.example", device_keys=(KEY,))
 C = PeerConfig("c.example", "@visio:c.example", device_keys=(KEY,))
+A = PeerConfig("a.example", "@visio:a.example", device_keys=(KEY,))  # us, as B's service sees us
 
 
 class Channel:
@@ -55,11 +57,12 @@ class Decision:
 
 
 class Trust:
-    def __init__(self, untrusted: frozenset[str]) -> None:
+    def __init__(self, untrusted: frozenset[str], peers: tuple[PeerConfig, ...]) -> None:
         self.untrusted = untrusted
+        self.peers = peers
 
     def peer_for(self, user_id: str) -> PeerConfig | None:
-        return next((p for p in (B, C) if p.bot_user_id == user_id), None)
+        return next((p for p in self.peers if p.bot_user_id == user_id), None)
 
     async def verify(self, user_id: str, device_id: str, ed25519: str) -> Decision:
         return Decision(device_id not in self.untrusted, "not pinned" if device_id in self.untrusted else "")
@@ -83,6 +86,7 @@ class Access:
 class Hub:
     def __init__(self) -> None:
         self.joins: list[dict[str, Any]] = []
+        self.answers: list[str] = []  # participants whose offer got its answer
         self.left: list[str] = []
         self.announced: list[LinkStatusChanged] = []
         self.remote: dict[str, tuple[Identity, ...]] = {}
@@ -98,8 +102,8 @@ class Hub:
     async def apply_offer(self, *args: Any) -> Negotiated:
         return Negotiated("answer", ())
 
-    async def accept_answer(self, *args: Any) -> None:
-        pass
+    async def accept_answer(self, participant_id: str, *args: Any) -> None:
+        self.answers.append(participant_id)
 
     async def request_offer(self, *args: Any) -> None:
         pass
@@ -139,21 +143,24 @@ class Setup:
         link_servers: tuple[str, ...] = ("b.example",),
         untrusted: frozenset[str] = frozenset(),
         bots_in_room: frozenset[str] = frozenset(),
+        server_name: str = "a.example",
+        peers: tuple[PeerConfig, ...] = (B, C),
         **policy: Any,
     ) -> None:
         self.channel = Channel()
+        self.delivered = 0  # how many of channel.sent the other side got (two-sided tests)
         self.hub = Hub()
         self.clock = FakeClock()
         self.links = FederationLinks(
             self.channel,
             self.hub,  # type: ignore[arg-type]
-            Trust(untrusted),
+            Trust(untrusted, peers),
             Keys(),
             Access(bots_in_room),
-            PolicyConfig(allowed_servers=("a.example",), link_servers=link_servers, **policy),
-            FederationConfig((B, C)),
-            "a.example",
-            "@visio:a.example",
+            PolicyConfig(allowed_servers=(server_name,), link_servers=link_servers, **policy),
+            FederationConfig(peers),
+            server_name,
+            f"@visio:{server_name}",
             "ADEV",
             self.clock,
         )
@@ -287,8 +294,9 @@ async def test_we_invite_with_the_offering_role_and_crossing_invites_follow_the_
             and "offer_sdp" not in join
         )
         assert s.sent_types() == [(B.bot_user_id, "m.call.invite")]
-        await s.receive(B.bot_user_id, "m.call.invite", invite(B))  # crossed: ignored
-        assert len(s.hub.joins) == 1 and s.sent_types() == [(B.bot_user_id, "m.call.invite")]
+        await s.receive(B.bot_user_id, "m.call.invite", invite(B))  # crossed: ignored, ours again
+        assert len(s.hub.joins) == 1 and s.sent_types() == [(B.bot_user_id, "m.call.invite")] * 2
+        assert len({inflate(c)["call_id"] for _, _, _, c in s.channel.sent}) == 1
     finally:
         await s.links.stop()
 
@@ -352,22 +360,53 @@ async def test_an_invite_whose_hangup_came_with_it_is_skipped(setup: Setup) -> N
     assert setup.hub.joins == [] and setup.channel.sent == []
 
 
-async def test_a_restarted_peer_s_invite_wins_over_ours_still_unanswered() -> None:
-    s = Setup()
-    s.hub.rooms.append(ROOM)
-    access = Access(frozenset({B.bot_user_id}))
+async def exchange(a: Setup, b: Setup) -> None:
+    """Delivers what each side sent and the other has not had yet, until both are quiet."""
+    for _ in range(5):
+        for s, other in ((a, b), (b, a)):
+            sent = s.channel.sent[s.delivered :]
+            s.delivered += len(sent)
+            for _user, _device, event_type, content in sent:
+                await other.receive(s.links.bot_user_id, event_type, content)
+
+
+async def test_crossing_invites_end_with_one_offerer_even_after_a_restart() -> None:
+    """B restarts during a linked call; back, it invites A at once while A's retry invite is on its
+    way, and each service gets the other's: the lower server's invite wins on both sides, so one side
+    offers and the other answers (the earlier rule let the restarted side's invite win at A while B
+    took A's: both answered, nobody offered, and the link stayed down until ICE gave up)."""
+
+    def b_service() -> Setup:
+        b = Setup(
+            ("a.example",), bots_in_room=frozenset({A.bot_user_id}), server_name="b.example", peers=(A, C)
+        )
+        b.hub.rooms.append(ROOM)
+        return b
+
+    a, b = Setup(bots_in_room=frozenset({B.bot_user_id})), b_service()
+    a.hub.rooms.append(ROOM)
     try:
-        await s.receive(B.bot_user_id, "m.call.invite", invite(B, call_id="link-1"))  # B's first run
-        link = s.links._peers[(ROOM, "b.example")].link
-        assert link is not None
-        await s.links.on_link_closed(link, "media_failed")
-        s.links._access = access  # B's bot is now seen in the room: we invite again (B is down)
-        s.clock.advance(2)
-        await s.links.maintain()
-        assert [j["mode"] for j in s.hub.joins] == ["sfu_answer_only", "sfu"]
-        back = invite(B, call_id="link-2")
-        back["sender_session_id"] = "secondrun"  # B restarted: it never got our invite
-        await s.receive(B.bot_user_id, "m.call.invite", back)
-        assert [j["mode"] for j in s.hub.joins] == ["sfu_answer_only", "sfu", "sfu_answer_only"]
+        await a.links.maintain()
+        await exchange(a, b)  # B's first run answers A's invite
+        assert a.hub.answers == ["PA_1"]
+        before = len(a.channel.sent)
+        await b.links.stop()  # B stops: it hangs up the link
+        await exchange(a, b)
+        assert a.links.link_states(ROOM)["b.example"][0] == "unreachable"
+        b = b_service()  # B's second run, with the call restored
+        a.clock.advance(2)
+        await a.links.maintain()  # A's retry...
+        await b.links.maintain()  # ...and B's invite cross
+        await exchange(a, b)
+        assert [j["mode"] for j in a.hub.joins] == ["sfu", "sfu"]
+        assert [j["mode"] for j in b.hub.joins] == ["sfu", "sfu_answer_only"]
+        assert a.hub.answers == ["PA_1", "PA_2"] and b.hub.left == ["PA_1"]
+        a_link = a.links._peers[(ROOM, "b.example")].link
+        b_link = b.links._peers[(ROOM, "a.example")].link
+        assert a_link is not None and b_link is not None
+        assert a_link.call_id == b_link.call_id and a_link.offerer and not b_link.offerer
+        # A sent its retry invite twice (once more when B's crossed it); B ignored the duplicate.
+        assert [t for _, _, t, _ in a.channel.sent[before:]].count("m.call.invite") == 2
     finally:
-        await s.links.stop()
+        await a.links.stop()
+        await b.links.stop()

@@ -162,6 +162,7 @@ class _Link:
     awaiting_answer: bool = False
     answered: bool = False  # the first answer came (offerer) / was sent (answerer)
     invited_at: float = 0.0
+    invite: tuple[dict[str, Any], tuple[StreamInfo, ...]] | None = None  # ours, to send again
     ended: bool = False
     opened: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -272,7 +273,6 @@ class FederationLinks:
         self._by_call: dict[str, _Link] = {}
         self._workers: dict[str, asyncio.Queue[Callable[[], Awaitable[None]]]] = {}
         self._roster_dirty: set[str] = set()
-        self._peer_sessions: dict[str, str] = {}  # server -> the session of its service we last linked with
         # Link calls whose hangup has arrived (maybe not handled yet): their invite is stale.
         self._hung_up: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -538,6 +538,7 @@ class FederationLinks:
                 joined.negotiated.sdp,
                 LINK_INVITE_LIFETIME_MS,
             )
+            link.invite = (dict(content), tuple(joined.negotiated.streams))
             await self.send(link, "m.call.invite", content, joined.negotiated.streams)
         finally:
             link.opened.set()
@@ -710,15 +711,18 @@ class FederationLinks:
         if m.call_id in self._hung_up:
             log.info("link invite %s from %s already hung up by it: skipped", m.call_id, peer.server_name)
             return
-        restarted = self._peer_sessions.get(peer.server_name) not in (None, parsed.group.sender_session_id)
         if (
             current is not None
             and current.offerer
             and not current.answered
             and self.server_name < peer.server_name
-            and not restarted  # a restarted peer never got our invite: take its own
         ):
-            log.info("link invites crossed with %s in %s: ours wins", peer.server_name, room_id)
+            # Crossing invites: the lower server's wins, on both sides. The peer may have lost ours
+            # (it was stopping when it came), so it gets ours again; a duplicate is ignored there.
+            log.info("link invites crossed with %s in %s: ours wins, sent again", peer.server_name, room_id)
+            if current.invite is not None and current.opened.is_set():
+                content, streams = current.invite
+                await self.send(current, "m.call.invite", dict(content), streams)
             return
         if (
             current is not None
@@ -766,7 +770,6 @@ class FederationLinks:
             return
         link.participant_id = joined.participant_id
         link.answered = True
-        self._peer_sessions[peer.server_name] = parsed.group.sender_session_id
         log.info("linked the call in %s with %s's relay (answering)", room_id, peer.server_name)
         try:
             content = build_conference_answer(
@@ -790,7 +793,6 @@ class FederationLinks:
         link.answered = True
         link.devices = (device,)
         link.their_session = parsed.group.sender_session_id
-        self._peer_sessions[link.server] = link.their_session
         try:
             await self._hub.accept_answer(link.participant_id, sdp, info.owners if info else None)
         except HubError as exc:
