@@ -29,8 +29,12 @@ class LinkShuttle:
         link_id: str = "link",
         a_metadata: Mapping[str, str] | None = None,
         b_metadata: Mapping[str, str] | None = None,
+        b_onward: bool | None = None,
     ) -> None:
         self.a, self.b, self.link_id = a, b, link_id
+        # B's policy.relay_onwards as its answer tells A (as the bots do); None: A's link keeps the
+        # relay's default (onward_ok=True) and is not told.
+        self.b_onward = b_onward
         self.a_metadata = dict(a_metadata or {"user_id": "@visio:a.example", "device_id": "BOTA"})
         self.b_metadata = dict(b_metadata or {"user_id": "@visio:b.example", "device_id": "BOTB"})
         self.offers_to_b = 0  # offers of A carried to B (the first one included)
@@ -39,7 +43,9 @@ class LinkShuttle:
 
     async def connect(self) -> None:
         """A invites, B answers."""
-        offer = await self.a.add_participant(self.link_id, link=True, metadata=self.b_metadata)
+        offer = await self.a.add_participant(
+            self.link_id, link=True, metadata=self.b_metadata, onward_ok=self.b_onward is None
+        )
         self.offers_to_b += 1
         answer = await self.b.add_participant(
             self.link_id,
@@ -49,7 +55,9 @@ class LinkShuttle:
             metadata=self.a_metadata,
             stream_owners=owners_of(offer.streams),
         )
-        await self.a.accept_answer(self.link_id, answer.sdp, stream_owners=owners_of(answer.streams))
+        await self.a.accept_answer(
+            self.link_id, answer.sdp, stream_owners=owners_of(answer.streams), onward_ok=self.b_onward
+        )
 
     async def on_a_event(self, event: RelayEvent) -> bool:
         """Handles relay A's event if it concerns the link (True), else leaves it (False)."""

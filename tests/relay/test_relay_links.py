@@ -13,11 +13,17 @@ import pytest
 
 from visio_matrix.clock import SystemClock
 from visio_matrix.relay import Conference, NegotiationNeeded, Relay, RelayEvent
-from visio_matrix.relay.errors import InvalidRequestError, NegotiationError, UnknownParticipantError
+from visio_matrix.relay.errors import (
+    InvalidLinkError,
+    InvalidRequestError,
+    NegotiationError,
+    UnknownParticipantError,
+)
 
 from .conftest import relay_options
 from .link_shuttle import LinkShuttle
 from .peers import Peer, Received, Signaling
+from .test_link_participant import U3, join_link_offering, link_peer
 
 pytestmark = pytest.mark.media
 
@@ -213,6 +219,49 @@ async def test_publishers_on_both_sides_reach_everyone(pair: Pair) -> None:
     assert len(pair.a.streams_for(LINK)) == 4 and len(pair.b.streams_for(LINK)) == 4
 
 
+@pytest.mark.parametrize("b_onward", [True, False])
+async def test_the_answering_side_s_onward_permission_holds_on_the_offering_side(b_onward: bool) -> None:
+    """A offers the link to B, so B's permission to relay its users' media onward comes only with
+    B's answer: with it, a third link on A that allows onward relaying gets bob's streams under his
+    identity; without it, never (A's own publisher reaches it either way)."""
+    relay_a = Relay(relay_options(udp_port_min=43000, udp_port_max=43499), SystemClock())
+    relay_b = Relay(relay_options(udp_port_min=43500, udp_port_max=43999), SystemClock())
+    a, b = await relay_a.create_conference("fed"), await relay_b.create_conference("fed")
+    shuttle = LinkShuttle(a, b, LINK, b_onward=b_onward)
+    sig_a = LinkedSignaling(relay_a, a, shuttle.on_a_event)
+    sig_b = LinkedSignaling(relay_b, b, shuttle.on_b_event)
+    try:
+        alice, bob = Peer("alice", RED, 440.0), Peer("bob", BLUE, 1000.0)
+        await join(sig_a, alice, ALICE)
+        await join(sig_b, bob, BOB)
+        await shuttle.connect()
+        await sig_a.wait_for(
+            lambda: decodes_user(a, alice, BOB, BLUE, 1000.0), 30, "alice decoding bob over the link"
+        )
+        third = link_peer("link-c", [("u3-stream", YELLOW, 1500.0)])
+        await join_link_offering(sig_a, third, {"u3-stream": U3}, allow_onward=True)
+
+        def third_decodes(owner: Mapping[str, str], rgb: tuple[int, int, int]) -> bool:
+            return any(
+                decoded(third.received.get(s.track_id), rgb, None)
+                for s in a.streams_for("link-c")
+                if dict(s.publisher_metadata) == dict(owner) and s.kind == "video"
+            )
+
+        await sig_a.wait_for(lambda: third_decodes(ALICE, RED), 30, "the third link decoding alice")
+        if b_onward:
+            await sig_a.wait_for(lambda: third_decodes(BOB, BLUE), 30, "the third link decoding bob")
+        assert sorted((s.publisher_id, s.kind) for s in a.streams_for("link-c")) == [
+            ("alice", "audio"),
+            ("alice", "video"),
+        ] + ([(LINK, "audio"), (LINK, "video")] if b_onward else [])
+    finally:
+        await sig_a.close()
+        await sig_b.close()
+        await relay_a.close()
+        await relay_b.close()
+
+
 async def test_local_media_survives_the_link_closing(pair: Pair) -> None:
     """(c) The link removed on one side (the other sees it go): each side's participants keep
     receiving their local peers' media: decoded audio frames keep increasing and the relay keeps
@@ -299,7 +348,11 @@ async def test_request_offer_errors_and_pending(pair: Pair) -> None:
         1 for e in pair.sig_a.events if isinstance(e, NegotiationNeeded) and e.participant_id == "direct"
     )
     pair.sig_a.peers["direct"] = direct
-    await pair.a.accept_answer("direct", await direct.answer(negotiated.sdp))
+    answer = await direct.answer(negotiated.sdp)
+    with pytest.raises(InvalidLinkError, match="onward_ok needs a link"):
+        await pair.a.accept_answer("direct", answer, onward_ok=True)
+    assert pair.a._participants["direct"].signaling_state == "have-local-offer"  # nothing changed
+    await pair.a.accept_answer("direct", answer)
     await pair.sig_a.wait_for(
         lambda: (
             sum(

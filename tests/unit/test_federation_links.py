@@ -87,6 +87,7 @@ class Hub:
     def __init__(self) -> None:
         self.joins: list[dict[str, Any]] = []
         self.answers: list[str] = []  # participants whose offer got its answer
+        self.onward: dict[str, bool | None] = {}  # what each answer said of relaying onward
         self.left: list[str] = []
         self.announced: list[LinkStatusChanged] = []
         self.remote: dict[str, tuple[Identity, ...]] = {}
@@ -102,8 +103,9 @@ class Hub:
     async def apply_offer(self, *args: Any) -> Negotiated:
         return Negotiated("answer", ())
 
-    async def accept_answer(self, participant_id: str, *args: Any) -> None:
+    async def accept_answer(self, participant_id: str, *args: Any, **kwargs: Any) -> None:
         self.answers.append(participant_id)
+        self.onward[participant_id] = kwargs.get("onward_ok")
 
     async def request_offer(self, *args: Any) -> None:
         pass
@@ -370,18 +372,40 @@ async def exchange(a: Setup, b: Setup) -> None:
                 await other.receive(s.links.bot_user_id, event_type, content)
 
 
+def b_service(**policy: Any) -> Setup:
+    """B's service, with a call in ROOM and A's bot in the room (two-sided tests)."""
+    b = Setup(
+        ("a.example",),
+        bots_in_room=frozenset({A.bot_user_id}),
+        server_name="b.example",
+        peers=(A, C),
+        **policy,
+    )
+    b.hub.rooms.append(ROOM)
+    return b
+
+
+@pytest.mark.parametrize("b_onward", [True, False])
+async def test_the_answer_tells_the_inviting_side_whether_to_relay_onward(b_onward: bool) -> None:
+    """A invites, so B's policy.relay_onwards reaches A only in B's answer; A's relay gets it."""
+    a, b = Setup(bots_in_room=frozenset({B.bot_user_id})), b_service(relay_onwards=b_onward)
+    a.hub.rooms.append(ROOM)
+    try:
+        await a.links.maintain()
+        await exchange(a, b)
+        assert a.hub.joins[0]["relay_link"].onward_ok is False  # not known before the answer
+        assert a.hub.onward == {"PA_1": b_onward}
+        assert b.hub.joins[0]["relay_link"].onward_ok is False  # A's own policy, in its invite
+    finally:
+        await a.links.stop()
+        await b.links.stop()
+
+
 async def test_crossing_invites_end_with_one_offerer_even_after_a_restart() -> None:
     """B restarts during a linked call; back, it invites A at once while A's retry invite is on its
     way, and each service gets the other's: the lower server's invite wins on both sides, so one side
     offers and the other answers (the earlier rule let the restarted side's invite win at A while B
     took A's: both answered, nobody offered, and the link stayed down until ICE gave up)."""
-
-    def b_service() -> Setup:
-        b = Setup(
-            ("a.example",), bots_in_room=frozenset({A.bot_user_id}), server_name="b.example", peers=(A, C)
-        )
-        b.hub.rooms.append(ROOM)
-        return b
 
     a, b = Setup(bots_in_room=frozenset({B.bot_user_id})), b_service()
     a.hub.rooms.append(ROOM)

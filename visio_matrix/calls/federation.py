@@ -794,7 +794,12 @@ class FederationLinks:
         link.devices = (device,)
         link.their_session = parsed.group.sender_session_id
         try:
-            await self._hub.accept_answer(link.participant_id, sdp, info.owners if info else None)
+            await self._hub.accept_answer(
+                link.participant_id,
+                sdp,
+                info.owners if info else None,
+                onward_ok=info.onward if info else None,  # the far side's policy.relay_onwards
+            )
         except HubError as exc:
             log.warning("link answer from %s refused: %s", link.server, exc)
             self._forget(link)

@@ -459,11 +459,12 @@ class ConferenceHub:
         participant_id: str,
         answer_sdp: str,
         stream_owners: Mapping[str, Mapping[str, str]] | None = None,
+        onward_ok: bool | None = None,
     ) -> None:
         room = self._room_of(participant_id)
         try:
-            if stream_owners is not None:
-                await room.relay.accept_answer(participant_id, answer_sdp, stream_owners)
+            if stream_owners is not None or onward_ok is not None:
+                await room.relay.accept_answer(participant_id, answer_sdp, stream_owners, onward_ok)
             else:
                 await room.relay.accept_answer(participant_id, answer_sdp)
         except RelayError as exc:

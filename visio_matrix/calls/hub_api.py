@@ -263,8 +263,10 @@ class HubApi(Protocol):
         participant_id: str,
         answer_sdp: str,
         stream_owners: Mapping[str, Mapping[str, str]] | None = None,
+        onward_ok: bool | None = None,
     ) -> None:
-        """``stream_owners``: a link's streams in its answer (who each far-side stream belongs to)."""
+        """``stream_owners``: a link's streams in its answer (who each far-side stream belongs to);
+        ``onward_ok``: whether the far side lets them go on to a third ministry (None: unchanged)."""
         ...
 
     async def add_ice_candidate(

@@ -274,8 +274,11 @@ class ConferenceApi(Protocol):
         participant_id: str,
         answer_sdp: str,
         stream_owners: Mapping[str, Mapping[str, str]] | None = None,
+        onward_ok: bool | None = None,
     ) -> None:
-        """``stream_owners``: as for ``add_participant`` (a link's streams in its answer)."""
+        """``stream_owners``: as for ``add_participant`` (a link's streams in its answer).
+        ``onward_ok`` (links only; None: unchanged): whether the far side's policy lets its streams go
+        on to other links, which a link the relay offers to learns only from the answer."""
         ...
 
     async def request_offer(self, participant_id: str, *, add_audio: int = 0, add_video: int = 0) -> None:

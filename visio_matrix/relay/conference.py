@@ -48,6 +48,7 @@ from .errors import (
     ClosedError,
     DuplicateParticipantError,
     InvalidCandidateError,
+    InvalidLinkError,
     InvalidRequestError,
     NegotiationError,
     RelayError,
@@ -173,10 +174,13 @@ class Conference:
         participant_id: str,
         answer_sdp: str,
         stream_owners: Mapping[str, Mapping[str, str]] | None = None,
+        onward_ok: bool | None = None,
     ) -> None:
         async with self._lock:
             p = self._get(participant_id)
             owners = links.check_owners(p.id, p.link, stream_owners)
+            if onward_ok is not None and not p.link:
+                raise InvalidLinkError(f"participant {participant_id!r}: onward_ok needs a link")
             if p.signaling_state != "have-local-offer":
                 raise NegotiationError(
                     f"participant {participant_id!r} has no relay offer pending "
@@ -189,6 +193,8 @@ class Conference:
                 raise translate_error(exc) from exc
             p.negotiated_once = True
             p.stream_owners.update(owners)
+            if onward_ok is not None:
+                p.onward_ok = onward_ok  # the far side's policy, told in its answer
             self._sync_publications(p)
             self._start_connect_watch(p)
             await self._reconcile()
