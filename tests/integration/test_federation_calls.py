@@ -7,6 +7,7 @@ reference clients exchanging real media, each through ITS OWN ministry's bot.
 - with 1 publisher on A and 1, 3, 6 subscribers on B, the link carries the same two streams;
 - a third ministry outside A's allow-list is refused, the room is told, and no media of A's users
   reaches it (not even through B);
+- ``!visio stop`` on either side ends the call on both, and for good;
 - stopping B's service or B's homeserver does not interrupt A's participants; B's return restores
   the cross-ministry call within 10 s.
 """
@@ -368,6 +369,39 @@ async def frames_grow(p: Person, other: Person, seconds: float = 1.5, at_least: 
     before = p.video_frames(other)
     await asyncio.sleep(seconds)
     return p.video_frames(other) >= before + at_least
+
+
+async def test_visio_stop_on_either_side_ends_the_call_on_both_for_good(ministries: Federation) -> None:
+    """``!visio stop`` on one side: the far relay sees the link close before the far bot gets the
+    hangup over Matrix; the far call still ends, and neither side starts it again (before the fix, the
+    far side invited again at once and the stopped side made a new call for that invite)."""
+    fed = ministries
+    a, b = fed.service("A"), fed.service("B")
+    a1, b1 = await people(fed, [("A", "alice"), ("B", "bea")])
+
+    async def both_end(stopper: Person) -> None:
+        await stopper.matrix.send_text(room_id, "!visio stop")
+        for service in (a, b):
+            await a1.matrix.wait_for_message(room_id, said(service.bot_user_id, "📴 Call ended"), timeout=20)
+        await eventually(lambda: not a.hub.conference_of_room(room_id), 10, "A's call ended")
+        await eventually(lambda: not b.hub.conference_of_room(room_id), 10, "B's call ended")
+        await asyncio.sleep(4)  # longer than the first link retry (1 s) plus a link invite's trip
+        assert a.hub.conference_of_room(room_id) is None and b.hub.conference_of_room(room_id) is None
+
+    try:
+        room_id = await fed.shared_room(a1.matrix, [b1.matrix])
+        await a1.matrix.set_power_level(room_id, b1.user_id, 50)  # policy.stop_power_level
+        # A starts with both in the call; B's user stops it (B's relay answered the link).
+        await start_linked_call(fed, a1, room_id, [fed["B"].server_name])
+        await asyncio.gather(*(p.join(room_id) for p in (a1, b1)))
+        await eventually(lambda: a1.hears(b1) and b1.hears(a1), 30, "A and B hearing each other")
+        await both_end(b1)
+        # B starts (its relay offers the link), A's user stops it.
+        await start_linked_call(fed, b1, room_id, [fed["A"].server_name])
+        await eventually(lambda: a.hub.conference_of_room(room_id) is not None, 20, "A's side of the call")
+        await both_end(a1)
+    finally:
+        await asyncio.gather(*(p.close() for p in (a1, b1)), return_exceptions=True)
 
 
 async def test_the_other_ministry_going_away_interrupts_nobody_and_the_link_comes_back(

@@ -12,6 +12,7 @@ import pytest
 
 from visio_matrix.calls.federation import FederationLinks
 from visio_matrix.calls.hub_api import (
+    ConferenceEnded,
     HubError,
     Identity,
     Joined,
@@ -84,7 +85,9 @@ class Access:
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, conference_id: str) -> None:
+        self.conference_id = conference_id  # of the call in each room of ``rooms``
+        self.ended: list[str] = []  # rooms whose call the transport ended
         self.joins: list[dict[str, Any]] = []
         self.answers: list[str] = []  # participants whose offer got its answer
         self.onward: dict[str, bool | None] = {}  # what each answer said of relaying onward
@@ -114,7 +117,7 @@ class Hub:
         self.left.append(participant_id)
 
     async def end_conference(self, room_id: str, ended_by: str) -> None:
-        pass
+        self.ended.append(room_id)
 
     async def set_remote_participants(self, room_id: str, server: str, remote: tuple[Identity, ...]) -> None:
         self.remote[server] = remote
@@ -127,7 +130,7 @@ class Hub:
         )
 
     def conference_of_room(self, room_id: str) -> str | None:
-        return "conf1" if room_id in self.rooms else None
+        return self.conference_id if room_id in self.rooms else None
 
     async def active_rooms(self) -> list[str]:
         return list(self.rooms)
@@ -147,11 +150,12 @@ class Setup:
         bots_in_room: frozenset[str] = frozenset(),
         server_name: str = "a.example",
         peers: tuple[PeerConfig, ...] = (B, C),
+        conference_id: str = "conf1",
         **policy: Any,
     ) -> None:
         self.channel = Channel()
         self.delivered = 0  # how many of channel.sent the other side got (two-sided tests)
-        self.hub = Hub()
+        self.hub = Hub(conference_id)
         self.clock = FakeClock()
         self.links = FederationLinks(
             self.channel,
@@ -362,14 +366,19 @@ async def test_an_invite_whose_hangup_came_with_it_is_skipped(setup: Setup) -> N
     assert setup.hub.joins == [] and setup.channel.sent == []
 
 
+async def deliver(s: Setup, other: Setup) -> None:
+    """Delivers to ``other`` what ``s`` sent and it has not had yet."""
+    sent = s.channel.sent[s.delivered :]
+    s.delivered += len(sent)
+    for _user, _device, event_type, content in sent:
+        await other.receive(s.links.bot_user_id, event_type, content)
+
+
 async def exchange(a: Setup, b: Setup) -> None:
     """Delivers what each side sent and the other has not had yet, until both are quiet."""
     for _ in range(5):
-        for s, other in ((a, b), (b, a)):
-            sent = s.channel.sent[s.delivered :]
-            s.delivered += len(sent)
-            for _user, _device, event_type, content in sent:
-                await other.receive(s.links.bot_user_id, event_type, content)
+        await deliver(a, b)
+        await deliver(b, a)
 
 
 def b_service(**policy: Any) -> Setup:
@@ -379,6 +388,7 @@ def b_service(**policy: Any) -> Setup:
         bots_in_room=frozenset({A.bot_user_id}),
         server_name="b.example",
         peers=(A, C),
+        conference_id="bconf",
         **policy,
     )
     b.hub.rooms.append(ROOM)
@@ -431,6 +441,68 @@ async def test_crossing_invites_end_with_one_offerer_even_after_a_restart() -> N
         assert a_link.call_id == b_link.call_id and a_link.offerer and not b_link.offerer
         # A sent its retry invite twice (once more when B's crossed it); B ignored the duplicate.
         assert [t for _, _, t, _ in a.channel.sent[before:]].count("m.call.invite") == 2
+    finally:
+        await a.links.stop()
+        await b.links.stop()
+
+
+@pytest.mark.parametrize("b_reinvites_first", [False, True])
+async def test_a_call_ended_on_one_side_ends_on_the_other_when_its_relay_closing_came_first(
+    b_reinvites_first: bool,
+) -> None:
+    """``!visio stop`` on A: A's relay closing the link reaches B's relay before A's hangup
+    (``conference_ended``) reaches B's bot, so B has forgotten the link by then and may even have
+    invited A again. B's call still ends, and A never starts a new call for B's invite."""
+    a, b = Setup(bots_in_room=frozenset({B.bot_user_id})), b_service()
+    a.hub.rooms.append(ROOM)
+    try:
+        await a.links.maintain()
+        await exchange(a, b)
+        a_link = a.links._peers[(ROOM, "b.example")].link
+        b_link = b.links._peers[(ROOM, "a.example")].link
+        assert a_link is not None and b_link is not None and a_link.call_id == b_link.call_id
+        await b.links.on_link_closed(b_link, "left")  # A's relay closed the connection
+        await a.links.on_link_closed(a_link, "conference_ended")  # A's hub ended its call
+        a.hub.rooms.remove(ROOM)
+        await a.links.on_hub_event(ConferenceEnded(ROOM, "conf1", "@alice:a.example", 0, 1))
+        if b_reinvites_first:
+            before = len(b.channel.sent)
+            b.clock.advance(2)
+            await b.links.maintain()
+            assert [t for _, _, t, _ in b.channel.sent[before:]] == ["m.call.invite"]
+            await deliver(b, a)  # B's invite comes to A before A's hangup comes to B
+            assert len(a.hub.joins) == 1  # no new call on A for it
+            assert a.channel.sent[-1][2] == "m.call.hangup"
+            assert inflate(a.channel.sent[-1][3])["reason"] == "user_hangup"
+        await exchange(a, b)
+        assert b.hub.ended and set(b.hub.ended) == {ROOM}
+        assert len(a.hub.joins) == 1 and a.hub.ended == []
+        assert b.links.link_states(ROOM)["a.example"] == ("closed", "the call ended there")
+    finally:
+        await a.links.stop()
+        await b.links.stop()
+
+
+async def test_a_hangup_from_another_call_of_the_peer_ends_nothing() -> None:
+    a, b = Setup(bots_in_room=frozenset({B.bot_user_id})), b_service()
+    a.hub.rooms.append(ROOM)
+    try:
+        await a.links.maintain()
+        await exchange(a, b)
+        stale = {
+            "call_id": "link-older",
+            "party_id": "ADEV",
+            "version": "1",
+            "reason": "user_hangup",
+            "io.visio.reason": "conference_ended",
+            "conf_id": "an-older-call-of-a",
+            "device_id": "ADEV",
+            "sender_session_id": "x",
+            "dest_session_id": "",
+            "seq": 9,
+        }
+        await b.receive(A.bot_user_id, "m.call.hangup", stale)
+        assert b.hub.ended == [] and b.links.link_states(ROOM)["a.example"][0] == "connecting"
     finally:
         await a.links.stop()
         await b.links.stop()

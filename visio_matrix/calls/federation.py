@@ -232,6 +232,7 @@ class _PeerState:
     retry_at: float = 0.0
     detail: str = ""
     remote: tuple[Identity, ...] = ()
+    peer_conf: str = ""  # the peer's conference id for the room, as its link messages give it
 
 
 _REASON_FOR_HUB_CODE = {
@@ -275,6 +276,9 @@ class FederationLinks:
         self._roster_dirty: set[str] = set()
         # Link calls whose hangup has arrived (maybe not handled yet): their invite is stale.
         self._hung_up: dict[str, float] = {}
+        # (room id, server) -> the peer's conference id linked with our call there when it ended: an
+        # invite from that conference came before the peer learned of the end, and gets told.
+        self._ended_with: dict[tuple[str, str], str] = {}
         self._wake = asyncio.Event()
         self._tasks = TaskOwner("federation-links")
 
@@ -410,11 +414,16 @@ class FederationLinks:
                     self._set_state(link.room_id, link.server, "linked", "", ps.remote), "state-linked"
                 )
         elif isinstance(event, ConferenceStarted):
+            # A new call here may link with whatever call the peers have.
+            for key in [key for key in self._ended_with if key[0] == event.room_id]:
+                del self._ended_with[key]
             self._wake.set()
         elif isinstance(event, ConferenceEnded):
             # The hub closes the links themselves (``on_link_closed`` tells the peers).
             for key in [key for key in self._peers if key[0] == event.room_id]:
-                del self._peers[key]
+                ps = self._peers.pop(key)
+                if ps.peer_conf:
+                    self._ended_with[key] = ps.peer_conf
 
     def _by_call_of_participant(self, participant_id: str) -> _Link | None:
         return next((lk for lk in self._by_call.values() if lk.participant_id == participant_id), None)
@@ -431,12 +440,15 @@ class FederationLinks:
             RemovalReason.CONFERENCE_ENDED: VisioReason.CONFERENCE_ENDED,
             RemovalReason.NOT_A_MEMBER: VisioReason.NOT_A_MEMBER,
         }.get(reason, VisioReason.MEDIA_FAILED)
+        if reason != RemovalReason.CONFERENCE_ENDED:
+            # Before any await: ``maintain`` must not invite again at once. The far relay closing
+            # first is also how a call ended there looks until its hangup arrives over Matrix.
+            self._failed(link.room_id, link.server)
         await self._hangup(link, visio)
         if reason == RemovalReason.CONFERENCE_ENDED:
             return
         log.warning("link of %s with %s lost (%s): will retry", link.room_id, link.server, reason)
         await self._set_state(link.room_id, link.server, "unreachable", f"link lost ({reason})")
-        self._failed(link.room_id, link.server)
 
     # ---- keeping links up ------------------------------------------------------------------------
 
@@ -640,6 +652,12 @@ class FederationLinks:
             return
         link = self._by_call.get(m.call_id)
         if link is None or link.peer is not peer:
+            if (
+                isinstance(m, (CallHangup, CallReject))
+                and parsed.visio_reason == VisioReason.CONFERENCE_ENDED
+            ):
+                await self._on_peer_conference_ended(peer, parsed)
+                return
             log.info("%s for unknown link call %s from %s: ignored", msg.type, m.call_id, peer.server_name)
             return
         if parsed.group.seq <= link.their_seq:
@@ -711,6 +729,22 @@ class FederationLinks:
         if m.call_id in self._hung_up:
             log.info("link invite %s from %s already hung up by it: skipped", m.call_id, peer.server_name)
             return
+        conf = parsed.group.conf_id
+        if (
+            conf
+            and self._ended_with.get((room_id, peer.server_name)) == conf
+            and not await self._has_call(room_id)
+        ):
+            # Its call is the one ours ended with; our hangup saying so has not reached it yet.
+            log.info("link invite from %s for %s: the call ended here, telling it", peer.server_name, room_id)
+            await self._refuse(
+                peer,
+                device,
+                parsed,
+                VisioReason.CONFERENCE_ENDED,
+                f"The call was ended on {self.server_name}.",
+            )
+            return
         if (
             current is not None
             and current.offerer
@@ -770,6 +804,7 @@ class FederationLinks:
             return
         link.participant_id = joined.participant_id
         link.answered = True
+        ps.peer_conf = conf
         log.info("linked the call in %s with %s's relay (answering)", room_id, peer.server_name)
         try:
             content = build_conference_answer(
@@ -793,6 +828,9 @@ class FederationLinks:
         link.answered = True
         link.devices = (device,)
         link.their_session = parsed.group.sender_session_id
+        ps = self._peers.get((link.room_id, link.server))
+        if ps is not None and parsed.group.conf_id:
+            ps.peer_conf = parsed.group.conf_id
         try:
             await self._hub.accept_answer(
                 link.participant_id,
@@ -872,8 +910,7 @@ class FederationLinks:
         if link.participant_id:
             await self._hub.leave(link.participant_id, RemovalReason.LEFT)
         if reason == VisioReason.CONFERENCE_ENDED:
-            await self._set_state(link.room_id, link.server, "closed", "the call ended there")
-            await self._hub.end_conference(link.room_id, link.peer.bot_user_id)
+            await self._end_here(link.room_id, link.peer)
             return
         refused = reason in (
             VisioReason.LINK_NOT_ALLOWED,
@@ -882,6 +919,27 @@ class FederationLinks:
         )
         await self._set_state(link.room_id, link.server, "refused" if refused else "unreachable", message)
         self._failed(link.room_id, link.server, refused=refused)
+
+    async def _on_peer_conference_ended(self, peer: PeerConfig, parsed: ConferenceMessage) -> None:
+        """A peer's call ended, for a link we no longer have: its relay closing reached us before this
+        hangup did. If ours was linked with that call, ours ends too (``!visio stop`` on either side
+        ends the call on both); a hangup from any other call of the peer changes nothing."""
+        conf = parsed.group.conf_id
+        rooms = [
+            room
+            for (room, server), ps in self._peers.items()
+            if server == peer.server_name and conf and ps.peer_conf == conf
+        ]
+        if not rooms:
+            log.info("%s ended call %s, not linked with ours: ignored", peer.server_name, conf or "?")
+            return
+        for room_id in rooms:
+            await self._end_here(room_id, peer)
+
+    async def _end_here(self, room_id: str, peer: PeerConfig) -> None:
+        log.info("the call in %s ended on %s: ending it here too", room_id, peer.server_name)
+        await self._set_state(room_id, peer.server_name, "closed", "the call ended there")
+        await self._hub.end_conference(room_id, peer.bot_user_id)
 
 
 def _identities(info: LinkInfo) -> tuple[Identity, ...]:
