@@ -38,6 +38,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 from nio import AsyncClient
@@ -137,6 +138,16 @@ def _stream_metadata(metadata: StreamMetadataMap | None) -> dict[str, StreamIden
         stream_id: StreamIdentity(purpose=str(m.purpose), user_id=m.user_id, device_id=m.device_id)
         for stream_id, m in metadata.items()
     }
+
+
+def _closed(pc: RTCPeerConnection) -> bool:
+    """Whether the connection is closed or closing: by us, or by aiortc itself once the relay closed
+    every DTLS transport (aiortc's setRemoteDescription may then still move signalingState on)."""
+    return (
+        pc.signalingState == "closed"
+        or pc.connectionState == "closed"
+        or any(t.receiver.transport.state == "closed" for t in pc.getTransceivers())
+    )
 
 
 class ConferenceClient:
@@ -425,8 +436,16 @@ class ConferenceClient:
             )
             self._deferred_offers.append(message)
             return
-        await pc.setRemoteDescription(RTCSessionDescription(message.sdp, "offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(message.sdp, "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except InvalidStateError:
+            if not _closed(pc):
+                raise
+            # aiortc closes a connection by itself once the relay closed every DTLS transport (the
+            # call ended there); the bot's hangup saying so is on its way.
+            log.info("%s: a negotiate offer came for a connection the relay closed: ignored", self.room_id)
+            return
         if message.stream_metadata is not None:
             self._metadata = _stream_metadata(message.stream_metadata) or {}
         assert self._call_id is not None

@@ -267,7 +267,7 @@ async def shared_room(
 
     async def join(member: MatrixUser) -> None:
         await member.wait_for_membership(room_id, member.user_id, "invite", timeout=timeout)
-        await member.join(room_id)
+        await member.join(room_id, via=creator.user_id.split(":", 1)[1])
 
     await asyncio.gather(*(join(m) for m in members))
     users = [creator, *members]

@@ -19,12 +19,14 @@ from typing import Any
 
 import aiohttp
 from nio import (
+    Api,
     AsyncClient,
     AsyncClientConfig,
     BadEvent,
     ErrorResponse,
     Event,
     InviteMemberEvent,
+    JoinResponse,
     MegolmEvent,
     RoomMemberEvent,
     RoomPreset,
@@ -376,9 +378,15 @@ class MatrixUser:
         await self._wait_joined(room_id, encrypted)
         return room_id
 
-    async def join(self, room_id: str) -> None:
-        """Join (after an invite) and wait until the room shows up in sync."""
-        response = _check(await self.client.join(room_id), f"join {room_id}")
+    async def join(self, room_id: str, via: str | None = None) -> None:
+        """Join (after an invite) and wait until the room shows up in sync. ``via``: a server in the
+        room to join through (a room of another homeserver: Synapse does not always find the inviter's
+        server by itself right after the invite, "no servers that are in the room have been provided")."""
+        if via is None:
+            response = _check(await self.client.join(room_id), f"join {room_id}")
+        else:
+            path = Api._build_path(["join", room_id], {"access_token": self.access_token, "server_name": via})
+            response = _check(await self.client._send(JoinResponse, "POST", path, "{}"), f"join {room_id}")
         # The sync that shows the join also carries the room's state (encryption included).
         await self._wait_joined(str(response.room_id), encrypted=False)
 
