@@ -7,6 +7,7 @@ the test, like the ``service`` fixture of ``synapse_fixtures``:
 
 - ``ministries``: A and B, linking with each other.
 - ``three_ministries``: A, B and C; A links with B only, B with A and C, C with A and B.
+- ``three_ministries_onward``: A - B - C in a line, every policy allowing onward relaying.
 
 Both give a `Federation`: ``fed["A"]`` is a `Ministry`, ``fed.service("B")`` its running `Service`;
 ``stop_service``/``start_service`` and ``stop_homeserver``/``start_homeserver`` fake faults. Users made
@@ -162,5 +163,19 @@ async def ministries(ministries_factory: MinistriesFactory) -> AsyncIterator[Fed
 async def three_ministries(ministries_factory: MinistriesFactory) -> AsyncIterator[Federation]:
     """Ministries A, B, C: A links with B only; B with A and C; C with A and B. Services running."""
     sets = await ministries_factory.get("abc", ("A", "B", "C"), policy={"A": {"link_servers": ["B"]}})
+    async for federation in _running(sets):
+        yield federation
+
+
+@pytest_asyncio.fixture
+async def three_ministries_onward(ministries_factory: MinistriesFactory) -> AsyncIterator[Federation]:
+    """Ministries A, B, C in a line: A and C link with B only, B with both, and every policy allows
+    relaying onward (``relay_onwards``). Services running."""
+    onward = {
+        "A": {"link_servers": ["B"], "relay_onwards": True},
+        "B": {"relay_onwards": True},
+        "C": {"link_servers": ["B"], "relay_onwards": True},
+    }
+    sets = await ministries_factory.get("abc-onward", ("A", "B", "C"), policy=onward)
     async for federation in _running(sets):
         yield federation

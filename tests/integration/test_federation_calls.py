@@ -6,7 +6,8 @@ reference clients exchanging real media, each through ITS OWN ministry's bot.
   databases hold no SDP in clear;
 - with 1 publisher on A and 1, 3, 6 subscribers on B, the link carries the same two streams;
 - a third ministry outside A's allow-list is refused, the room is told, and no media of A's users
-  reaches it (not even through B);
+  reaches it (not even through B); with every policy allowing onward relaying, A - B - C in a line
+  get each other through B;
 - ``!visio stop`` on either side ends the call on both, and for good;
 - stopping B's service or B's homeserver does not interrupt A's participants; B's return restores
   the cross-ministry call within 10 s.
@@ -171,6 +172,21 @@ async def people(fed: Federation, spec: list[tuple[str, str]]) -> list[Person]:
     ]
 
 
+async def everyone_hears_everyone(fed: Federation, room_id: str, everyone: list[Person]) -> None:
+    """Each person decodes each other's colour and tone (30 s each at most)."""
+    for p in everyone:
+        for other in everyone:
+            if other is not p:
+                await eventually(
+                    lambda p=p, other=other: p.hears(other),
+                    30,
+                    f"{p.user_id} hearing and seeing {other.user_id}",
+                    lambda p=p, other=other: (
+                        describe(fed, room_id) + "\n" + p.report() + "\n" + other.report()
+                    ),
+                )
+
+
 async def start_linked_call(fed: Federation, starter: Person, room_id: str, servers: list[str]) -> None:
     """``starter`` runs ``!visio start``; returns once its ministry is linked with each of ``servers``."""
     a = fed.service(starter.ministry)
@@ -234,17 +250,7 @@ async def test_two_ministries_one_call_each_relay_serves_its_own(
         await eventually(lambda: fed.service("B").hub.conference_of_room(room_id) is not None, 20, "B's call")
         await asyncio.gather(*(p.join(room_id) for p in everyone))
 
-        for p in everyone:
-            for other in everyone:
-                if other is not p:
-                    await eventually(
-                        lambda p=p, other=other: p.hears(other),
-                        30,
-                        f"{p.user_id} hearing and seeing {other.user_id}",
-                        lambda p=p, other=other: (
-                            describe(fed, room_id) + "\n" + p.report() + "\n" + other.report()
-                        ),
-                    )
+        await everyone_hears_everyone(fed, room_id, everyone)
 
         # Who serves whom: each relay has its own ministry's users and exactly one link.
         for name, server, own in (("A", a_server, [a1, a2]), ("B", b_server, [b1, b2])):
@@ -315,22 +321,30 @@ async def test_the_link_carries_a_publisher_once_whatever_the_far_audience(minis
         await asyncio.gather(*(p.close() for p in [publisher, *subscribers]), return_exceptions=True)
 
 
+async def start_three(fed: Federation, a1: Person, b1: Person, c1: Person, creator: Person) -> str:
+    """A room of the three made by ``creator``, a call started by ``a1``; returns once A is linked
+    with B and B with C."""
+    room_id = await fed.shared_room(creator.matrix, [p.matrix for p in (a1, b1, c1) if p is not creator])
+    await start_linked_call(fed, a1, room_id, [fed["B"].server_name])
+    c_server = fed["C"].server_name
+    await eventually(
+        lambda: fed.service("B").federation.link_states(room_id).get(c_server, ("",))[0] == "linked",
+        30,
+        "the link of B with C",
+    )
+    return room_id
+
+
 async def test_a_ministry_outside_the_allow_list_is_refused_and_gets_none_of_its_media(
     three_ministries: Federation,
 ) -> None:
     """A links with B only; B links with A and C (not onward). C's users get B's media, never A's,
     and the room is told why A and C are not linked."""
     fed = three_ministries
-    a_server, b_server, c_server = (fed[n].server_name for n in ("A", "B", "C"))
+    a_server, c_server = fed["A"].server_name, fed["C"].server_name
     a1, b1, c1 = await people(fed, [("A", "alice"), ("B", "bea"), ("C", "chloe")])
     try:
-        room_id = await fed.shared_room(a1.matrix, [b1.matrix, c1.matrix])
-        await start_linked_call(fed, a1, room_id, [b_server])
-        await eventually(
-            lambda: fed.service("B").federation.link_states(room_id).get(c_server, ("",))[0] == "linked",
-            30,
-            "the link of B with C",
-        )
+        room_id = await start_three(fed, a1, b1, c1, creator=a1)
         # C asks A for a link too; A refuses, and both bots say so in the room.
         await a1.matrix.wait_for_message(
             room_id, said(fed["A"].bot_user_id, f"No link with {c_server}", "link_servers"), timeout=30
@@ -360,6 +374,33 @@ async def test_a_ministry_outside_the_allow_list_is_refused_and_gets_none_of_its
         assert {user for user, _ in sent_to_c} == {b1.user_id}  # B relays its own users only
         _, links = relay_view(fed.service("A"), room_id)
         assert links == 1
+    finally:
+        await asyncio.gather(*(p.close() for p in (a1, b1, c1)), return_exceptions=True)
+
+
+async def test_the_middle_ministry_relays_onward_when_every_policy_allows_it(
+    three_ministries_onward: Federation,
+) -> None:
+    """A - B - C, all with ``relay_onwards``: A's user and C's get each other through B, under their
+    own identities. A starts, so A invites B and B invites C: C's permission reaches B only in C's
+    answer (before the fix, B never relayed C's users onward)."""
+    fed = three_ministries_onward
+    a_server, c_server = fed["A"].server_name, fed["C"].server_name
+    a1, b1, c1 = await people(fed, [("A", "alice"), ("B", "bea"), ("C", "chloe")])
+    try:
+        # Made by B's user: a bot accepts invites only from its own users and linked ministries'.
+        room_id = await start_three(fed, a1, b1, c1, creator=b1)
+        b = fed.service("B")
+        assert fed.service("A").federation.link_participant(room_id, c_server) is None
+        await asyncio.gather(*(p.join(room_id) for p in (a1, b1, c1)))
+        await everyone_hears_everyone(fed, room_id, [a1, b1, c1])
+        # Through B only: A's relay has one link (to B), and B sends C's user to A over it.
+        _, links = relay_view(fed.service("A"), room_id)
+        assert links == 1
+        sent_to_a, _ = link_streams(b, room_id, a_server)
+        assert {user for user, _ in sent_to_a} == {b1.user_id, c1.user_id}
+        sent_to_c, _ = link_streams(b, room_id, c_server)
+        assert {user for user, _ in sent_to_c} == {a1.user_id, b1.user_id}
     finally:
         await asyncio.gather(*(p.close() for p in (a1, b1, c1)), return_exceptions=True)
 
@@ -415,12 +456,7 @@ async def test_the_other_ministry_going_away_interrupts_nobody_and_the_link_come
         room_id = await fed.shared_room(a1.matrix, [a2.matrix, b1.matrix])
         await start_linked_call(fed, a1, room_id, [b_server])
         await asyncio.gather(*(p.join(room_id) for p in everyone))
-        for p in everyone:
-            for other in everyone:
-                if other is not p:
-                    await eventually(
-                        lambda p=p, other=other: p.hears(other), 30, f"{p.user_id} getting {other.user_id}"
-                    )
+        await everyone_hears_everyone(fed, room_id, everyone)
         a = fed.service("A")
 
         # B's service stops: A's two people go on talking; A's room status says B is unreachable.
