@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pytest
+from aiortc.mediastreams import AudioStreamTrack
 
-from visio_matrix.relay import Conference, NegotiationNeeded, Relay, TrackPublished
+from visio_matrix.relay import ActiveSpeakerChanged, Conference, NegotiationNeeded, Relay, TrackPublished
 from visio_matrix.relay.errors import InvalidLinkError, UnknownParticipantError
 from visio_matrix.relay.links import check_owners
 
@@ -265,6 +266,28 @@ async def test_onward_needs_the_publishing_link_to_permit_it(relay: Relay) -> No
         )
         with pytest.raises(InvalidLinkError, match="onward_ok=False needs link=True"):
             await conference.add_participant("x", onward_ok=False)
+    finally:
+        await signaling.close()
+
+
+async def test_the_speaker_on_a_link_is_its_far_side_user(relay: Relay) -> None:
+    """One link carrying two far-side users, one playing a loud tone, the other silence: the active
+    speaker is the link AND that user (``owner``), never the silent one."""
+    conference = await relay.create_conference("link-speaker")
+    signaling = Signaling(relay, conference)
+    try:
+        peer = Peer("link-b", None, None)
+        peer.pc.addTrack(ToneAudioTrack(440.0))._stream_id = "u1-stream"
+        peer.pc.addTrack(AudioStreamTrack())._stream_id = "u2-stream"  # silence
+        await join_link_offering(signaling, peer, {"u1-stream": U1, "u2-stream": U2})
+
+        def changes() -> list[ActiveSpeakerChanged]:
+            return [e for e in signaling.events if isinstance(e, ActiveSpeakerChanged)]
+
+        await signaling.wait_for(lambda: bool(changes()), 15, "an active speaker")
+        first = changes()[0]
+        assert first.participant_id == "link-b" and dict(first.owner or {}) == U1
+        assert all(dict(e.owner or {}) != U2 for e in changes())
     finally:
         await signaling.close()
 

@@ -97,8 +97,13 @@ async def test_hub_events_of_a_link_announce_its_owners_not_the_link() -> None:
     await signaling.on_hub_event(ParticipantConnectedEvent(ROOM, CONF, connected))
     assert {i: p[1] for i, p in people(signaling).items()} == dict.fromkeys(people(signaling), active)
 
-    # The link as active speaker is not announced (LiveKit clients know no such participant).
+    # The link as active speaker is not announced (LiveKit clients know no such participant)...
     await signaling.on_hub_event(SpeakerChanged(ROOM, CONF, LINK))
+    assert signaling._speaker[ROOM] is None
+    # ...the far-side user speaking on it is, as its own participant; an owner not announced is not.
+    await signaling.on_hub_event(SpeakerChanged(ROOM, CONF, LINK, U1))
+    assert signaling._speaker[ROOM] == u1
+    await signaling.on_hub_event(SpeakerChanged(ROOM, CONF, LINK, {"user_id": "@x:b.example"}))
     assert signaling._speaker[ROOM] is None
 
     await signaling.on_hub_event(TrackRemoved(ROOM, CONF, TRACKS[2], connected))

@@ -634,7 +634,9 @@ class ConferenceHub:
         if room is None:
             return
         if isinstance(event, ActiveSpeakerChanged):
-            await self._emit(SpeakerChanged(room.room_id, room.record.conference_id, event.participant_id))
+            await self._emit(
+                SpeakerChanged(room.room_id, room.record.conference_id, event.participant_id, event.owner)
+            )
             return
         if isinstance(event, (TrackPublished, TrackUnpublished)):
             owner = room.participants.get(event.track.participant_id)

@@ -124,6 +124,8 @@ class SpeakerChanged:
     room_id: str
     conference_id: str
     participant_id: str | None
+    # When ``participant_id`` is a link: which of its far-side users speaks ({"user_id", "device_id"}).
+    owner: Mapping[str, str] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)

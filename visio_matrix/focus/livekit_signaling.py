@@ -58,6 +58,7 @@ from .livekit_room import (
     RoomState,
     matrix_identity,
     owner_of,
+    owner_sid,
     record_for_published,
     record_for_stream,
 )
@@ -347,8 +348,11 @@ class LiveKitSignaling:
 
     def _speakers_changed(self, event: SpeakerChanged) -> None:
         speaker = event.participant_id
-        if speaker is not None and self.room(event.room_id).is_link(speaker):
-            speaker = None  # which of the link's owners speaks is not known here
+        room = self.room(event.room_id)
+        if speaker is not None and room.is_link(speaker):
+            # A far-side user on the link speaks: its own LiveKit participant, when announced.
+            owned = owner_sid(speaker, owner_of(event.owner, ("", ""))) if event.owner else None
+            speaker = owned if owned is not None and owned in room.participants else None
         previous = self._speaker.get(event.room_id)
         self._speaker[event.room_id] = speaker
         speakers = []

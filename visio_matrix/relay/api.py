@@ -170,6 +170,8 @@ class NegotiationNeeded:
 class ActiveSpeakerChanged:
     conference_id: str
     participant_id: str | None
+    # A link's far-side user who speaks (``PublishedTrack.owner`` of the loudest audio), else None.
+    owner: Mapping[str, str] | None = field(default=None, hash=False)
 
 
 RelayEvent = (

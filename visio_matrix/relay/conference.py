@@ -88,6 +88,9 @@ class Conference:
         self._last_speaker_eval = 0.0
         self._mcu: ConferenceMcu | None = None
         self._level_ext_seen: set[str] = set()  # participants whose audio carries RFC 6464 levels
+        # The speaker detector's key for each far-side user's audio on a link -> (link id, owner): a
+        # link carries several people, each a speaker of their own.
+        self._owner_keys: dict[str, tuple[str, dict[str, str]]] = {}
         self._closed = False
 
     # ---- API ------------------------------------------------------------------------------------
@@ -528,7 +531,10 @@ class Conference:
             self._options.keyframe_min_interval,
         )
         if info.kind == "audio":
-            up.on_audio_level = lambda level: self._on_level(p.id, level)
+            key = _speaker_key(p, info)
+            if key != p.id and info.owner is not None:
+                self._owner_keys[key] = (p.id, dict(info.owner))
+            up.on_audio_level = lambda level: self._on_level(p.id, level, key)
         p.ups[t] = up
         if self._mcu is not None:
             self._mcu.add_source(p, up)
@@ -538,6 +544,14 @@ class Conference:
         up = p.ups.pop(t)
         if self._mcu is not None:
             self._mcu.remove_source(p.id, up.info.kind)
+        key = _speaker_key(p, up.info)
+        if key in self._owner_keys and not any(
+            _speaker_key(p, other.info) == key for other in p.ups.values() if other.info.kind == "audio"
+        ):
+            # A far-side user's last audio on the link: they are no speaker any more.
+            del self._owner_keys[key]
+            self._speaker.remove(key)
+            self._evaluate_speaker(force=True)
         self._emit(TrackUnpublished(self.conference_id, up.info))
 
     # ---- participant lifecycle ------------------------------------------------------------------
@@ -603,6 +617,9 @@ class Conference:
         if self._mcu is not None:
             self._mcu.remove_participant(p)
         self._speaker.remove(p.id)
+        for key in [k for k, (pid, _) in self._owner_keys.items() if pid == p.id]:
+            self._speaker.remove(key)
+            del self._owner_keys[key]
         self._level_ext_seen.discard(p.id)
         if emit:
             self._evaluate_speaker(force=True)
@@ -623,9 +640,10 @@ class Conference:
 
     # ---- active speaker -------------------------------------------------------------------------
 
-    def _on_level(self, participant_id: str, level: int) -> None:
+    def _on_level(self, participant_id: str, level: int, key: str | None = None) -> None:
+        """``key``: the detector's key (``participant_id``, or a link's far-side user)."""
         self._level_ext_seen.add(participant_id)
-        self._speaker.observe(participant_id, max(0, min(127, level)), self._clock.now())
+        self._speaker.observe(key or participant_id, max(0, min(127, level)), self._clock.now())
         self._evaluate_speaker()
 
     def _evaluate_speaker(self, force: bool = False) -> None:
@@ -635,7 +653,11 @@ class Conference:
         self._last_speaker_eval = now
         change = self._speaker.evaluate(now)
         if change is not None:
-            self._emit(ActiveSpeakerChanged(self.conference_id, change.speaker))
+            owned = self._owner_keys.get(change.speaker or "")
+            if owned is not None:
+                self._emit(ActiveSpeakerChanged(self.conference_id, owned[0], dict(owned[1])))
+            else:
+                self._emit(ActiveSpeakerChanged(self.conference_id, change.speaker))
 
 
 def _relay_stream_id(p: Participant, origin_stream: str | None) -> str:
@@ -644,3 +666,11 @@ def _relay_stream_id(p: Participant, origin_stream: str | None) -> str:
         if (up.info.origin_stream_id or "") == key:
             return up.info.stream_id
     return f"{p.id}:{secrets.token_hex(6)}"
+
+
+def _speaker_key(p: Participant, info: PublishedTrack) -> str:
+    """The active speaker detector's key for an audio track: its participant, or for a link's track
+    with an owner, that far-side user on that link."""
+    if not (p.link and info.owner):
+        return p.id
+    return "\0".join((p.id, info.owner.get("user_id", ""), info.owner.get("device_id", "")))
