@@ -237,6 +237,7 @@
       e2ee: room.isE2EEEnabled,
       remote: byIdentity,
       participants,
+      activeSpeakers: room.activeSpeakers.map((p) => p.identity),
       encryptionErrors: events.filter((e) => e.kind === "lk-encryption-error"),
     };
   }
