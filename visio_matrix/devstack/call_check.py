@@ -13,10 +13,12 @@ ministry's bot (``homes``, issue 5).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 
@@ -26,6 +28,10 @@ from visio_matrix.client.session import ConferenceClient
 from visio_matrix.devstack.user import MatrixUser, MessageView
 from visio_matrix.relay import restrict_ice
 
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 30.0  # the clients' closing at the end never holds the check longer than this
+CHECK_TIMEOUT_S = 300.0  # a whole demo call check, however it goes
 COLOURS = ((220, 40, 40), (40, 200, 60), (50, 80, 230), (230, 200, 40), (200, 60, 200), (40, 200, 200))
 
 
@@ -190,7 +196,26 @@ async def run_call(
             await starter.wait_for_message(room_id, _bot_said(bot_user_id, "📴 Call ended"), timeout=timeout)
         return CallResult([p.report for p in participants], start_reply)
     finally:
-        await asyncio.gather(*(p.close() for p in participants), return_exceptions=True)
+        closing = asyncio.gather(*(p.close() for p in participants), return_exceptions=True)
+        try:
+            await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("the call check's clients did not close within %.0f s", CLOSE_TIMEOUT_S)
+
+
+class CheckTimeout(Exception):
+    """The whole call check took longer than its limit (each step has its own timeout besides)."""
+
+
+async def run_call_within(limit_s: float, *args: Any, **kwargs: Any) -> CallResult:
+    """``run_call`` that never takes longer than ``limit_s`` (a demo check must end, whatever hangs)."""
+    try:
+        async with asyncio.timeout(limit_s) as deadline:
+            return await run_call(*args, **kwargs)
+    except TimeoutError:
+        if deadline.expired():
+            raise CheckTimeout(f"not done within {limit_s:.0f} s") from None
+        raise
 
 
 def _index_of(participants: Sequence[_Participant], user_id: str) -> int:

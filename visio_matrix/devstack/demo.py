@@ -26,7 +26,7 @@ from pathlib import Path
 
 import aiohttp
 
-from visio_matrix.devstack.call_check import run_call
+from visio_matrix.devstack.call_check import CHECK_TIMEOUT_S, run_call_within
 from visio_matrix.devstack.service_files import write_service_files
 from visio_matrix.devstack.synapse import LocalSynapse, free_port
 from visio_matrix.devstack.user import MatrixUser, MessageView
@@ -234,7 +234,8 @@ async def run_call_check(stack: DemoStack, users: dict[str, MatrixUser], room_id
     """A 3-participant call in the encrypted room with the reference client: frames per pair, timings."""
     password = _password_for(stack.state)
     try:
-        result = await run_call(
+        result = await run_call_within(
+            CHECK_TIMEOUT_S,
             stack.hs.base_url,
             stack.bot_user_id,
             room_id,

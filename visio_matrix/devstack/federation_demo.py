@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from visio_matrix.devstack.call_check import CallResult, run_call
+from visio_matrix.devstack.call_check import CHECK_TIMEOUT_S, CallResult, run_call_within
 from visio_matrix.devstack.demo import _password_for, _wait_http
 from visio_matrix.devstack.federation import Ministry, shared_room, start_ministries, stop_ministries
 from visio_matrix.devstack.user import MatrixUser
@@ -113,7 +113,8 @@ async def run_check(
     ]
     starter = users["alice"]
     try:
-        result = await run_call(
+        result = await run_call_within(
+            CHECK_TIMEOUT_S,
             homes[0][0],
             ministries["A"].bot_user_id,
             room_id,
