@@ -207,6 +207,7 @@ class Service:
                     self.bot_user_id,
                     self._device.device_id,
                     self.clock,
+                    self.metrics,
                 )
                 self._hub.add_listener(self._federation)
                 self._federation.start()

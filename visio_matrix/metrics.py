@@ -35,6 +35,18 @@ class Metrics:
         self.active_conferences = Gauge(
             "visio_active_conferences", "Conferences currently active", registry=self.registry
         )
+        self.federation_links = Gauge(
+            "visio_federation_links",
+            "Links of calls with other ministries' relays, by peer server and state",
+            ["server", "state"],
+            registry=self.registry,
+        )
+        self.federation_link_failures = Counter(
+            "visio_federation_link_failures_total",
+            "Links with other ministries lost or not answered (failed) or refused by a policy (refused)",
+            ["server", "kind"],
+            registry=self.registry,
+        )
         self.sync_latency = Histogram(
             "visio_bot_sync_seconds", "Duration of the bot device's /sync requests", registry=self.registry
         )

@@ -9,6 +9,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+RECANCEL_S = 1.0
+
 
 class TaskOwner:
     def __init__(self, name: str) -> None:
@@ -49,8 +51,15 @@ class TaskOwner:
             handle.cancel()
         self._timers.clear()
         current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
+        pending = {t for t in self._tasks if t is not current}
+        for task in pending:
             task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+            for task in pending:
+                # A task can miss a cancellation: Python 3.11's asyncio.wait_for returns the inner
+                # result when it completes in the same loop turn as the cancel. Cancel it again.
+                logger.warning(
+                    "task %s still running after its cancellation: cancelling again", task.get_name()
+                )
+                task.cancel()

@@ -24,6 +24,7 @@ from visio_matrix.calls.hub_api import (
 from visio_matrix.clock import FakeClock
 from visio_matrix.config.model import FederationConfig, PeerConfig, PolicyConfig
 from visio_matrix.crypto.todevice import SecureToDevice
+from visio_matrix.metrics import Metrics
 from visio_matrix.relay.api import Negotiated
 from visio_matrix.signaling.conference import GroupFields, build_conference_invite
 from visio_matrix.signaling.envelope import inflate
@@ -151,6 +152,7 @@ class Setup:
         server_name: str = "a.example",
         peers: tuple[PeerConfig, ...] = (B, C),
         conference_id: str = "conf1",
+        metrics: Metrics | None = None,
         **policy: Any,
     ) -> None:
         self.channel = Channel()
@@ -169,6 +171,7 @@ class Setup:
             f"@visio:{server_name}",
             "ADEV",
             self.clock,
+            metrics,
         )
         self.links.start()
 
@@ -506,3 +509,36 @@ async def test_a_hangup_from_another_call_of_the_peer_ends_nothing() -> None:
     finally:
         await a.links.stop()
         await b.links.stop()
+
+
+async def test_admins_see_link_states_and_failures_in_the_metrics() -> None:
+    metrics = Metrics()
+    s = Setup(bots_in_room=frozenset({B.bot_user_id}), metrics=metrics)
+    s.hub.rooms.append(ROOM)
+
+    def links(state: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "visio_federation_links", {"server": "b.example", "state": state}
+        )
+
+    def failures(kind: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "visio_federation_link_failures_total", {"server": "b.example", "kind": kind}
+        )
+
+    try:
+        await s.links.maintain()
+        assert links("connecting") == 1 and links("linked") == 0
+        assert (
+            metrics.registry.get_sample_value(
+                "visio_federation_links", {"server": "c.example", "state": "connecting"}
+            )
+            == 0
+        )  # C's bot is not in the room
+        s.clock.advance(9)
+        await s.links.maintain()  # B never answered
+        assert links("connecting") == 0 and links("unreachable") == 1 and failures("failed") == 1
+        await s.links.on_hub_event(ConferenceEnded(ROOM, "conf1", "@alice:a.example", 0, 1))
+        assert links("unreachable") == 0
+    finally:
+        await s.links.stop()

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from visio_matrix.clock import Clock
 from visio_matrix.config.model import FederationConfig, PeerConfig, PolicyConfig
 from visio_matrix.crypto.todevice import SecureToDevice
+from visio_matrix.metrics import Metrics
 from visio_matrix.relay.api import Negotiated, StreamInfo
 from visio_matrix.relay.links import owners_of, sections_needed
 from visio_matrix.signaling.conference import (
@@ -68,6 +69,7 @@ from visio_matrix.tasks import TaskOwner
 
 from .hub_api import (
     GUEST_USER_PREFIX,
+    LINK_STATES,
     ConferenceEnded,
     ConferenceStarted,
     HubApi,
@@ -256,8 +258,10 @@ class FederationLinks:
         bot_user_id: str,
         bot_device_id: str,
         clock: Clock,
+        metrics: Metrics | None = None,
     ) -> None:
         self._channel = channel
+        self._metrics = metrics
         self._hub = hub
         self._trust = trust
         self._keys = keys
@@ -375,6 +379,7 @@ class FederationLinks:
         if ps.state != state:
             ps.since_ms = self._clock.wall_ms()
         ps.state, ps.detail = state, detail
+        self._count_links()
         shown = ps.remote if state == "linked" else ()
         await self._hub.set_remote_participants(room_id, server, shown)
         if changed:
@@ -384,7 +389,19 @@ class FederationLinks:
                 )
             )
 
+    def _count_links(self) -> None:
+        """``visio_federation_links``: per peer server and state, the calls' links now."""
+        if self._metrics is None:
+            return
+        counts = {(peer.server_name, state): 0 for peer in self._federation.peers for state in LINK_STATES}
+        for (_room, server), ps in self._peers.items():
+            counts[(server, ps.state)] = counts.get((server, ps.state), 0) + 1
+        for (server, state), n in counts.items():
+            self._metrics.federation_links.labels(server, state).set(n)
+
     def _failed(self, room_id: str, server: str, refused: bool = False) -> None:
+        if self._metrics is not None:
+            self._metrics.federation_link_failures.labels(server, "refused" if refused else "failed").inc()
         ps = self._peers.setdefault((room_id, server), _PeerState())
         ps.link = None
         ps.failures += 1
@@ -424,6 +441,7 @@ class FederationLinks:
                 ps = self._peers.pop(key)
                 if ps.peer_conf:
                     self._ended_with[key] = ps.peer_conf
+            self._count_links()
 
     def _by_call_of_participant(self, participant_id: str) -> _Link | None:
         return next((lk for lk in self._by_call.values() if lk.participant_id == participant_id), None)
@@ -459,7 +477,10 @@ class FederationLinks:
             except Exception:
                 log.exception("keeping federation links up failed")
             try:
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                # Not asyncio.wait_for: on Python 3.11 it can swallow the cancellation that stops us
+                # when the wake-up comes in the same loop turn.
+                async with asyncio.timeout(TICK_S):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -473,11 +494,11 @@ class FederationLinks:
                     "%s did not answer the link invite for %s: retrying later", link.server, link.room_id
                 )
                 self._forget(link)
+                self._failed(link.room_id, link.server)  # before any await, as in on_link_closed
                 await self._hangup(link, VisioReason.INVITE_EXPIRED)
                 if link.participant_id:
                     await self._hub.leave(link.participant_id, RemovalReason.MEDIA_FAILED)
                 await self._set_state(link.room_id, link.server, "unreachable", "no answer from its service")
-                self._failed(link.room_id, link.server)
         rooms = await self._hub.active_rooms()
         for room_id in rooms:
             for peer in self._federation.peers:

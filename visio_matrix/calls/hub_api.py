@@ -147,6 +147,7 @@ class ConferenceEnded:
 
 
 LinkState = Literal["connecting", "linked", "unreachable", "refused", "closed"]
+LINK_STATES: tuple[LinkState, ...] = ("connecting", "linked", "unreachable", "refused", "closed")
 
 
 @dataclass(frozen=True)
