@@ -9,7 +9,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-RECANCEL_S = 1.0
+# A task still running this long after its cancellation is cancelled again. Long enough for the
+# cleanups that run on cancellation (a peer connection's close is awaited to its end: seconds).
+RECANCEL_S = 10.0
 
 
 class TaskOwner:

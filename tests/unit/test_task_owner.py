@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from visio_matrix import tasks
 from visio_matrix.tasks import TaskOwner
 
 
-async def test_a_task_that_misses_its_cancellation_is_cancelled_again() -> None:
+async def test_a_task_that_misses_its_cancellation_is_cancelled_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks, "RECANCEL_S", 0.2)
     owner = TaskOwner("test")
     missed = asyncio.Event()
 
