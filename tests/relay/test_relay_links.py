@@ -22,8 +22,8 @@ from visio_matrix.relay.errors import (
 
 from .conftest import relay_options
 from .link_shuttle import LinkShuttle
-from .peers import Peer, Received, Signaling
-from .test_link_participant import U3, join_link_offering, link_peer
+from .peers import Peer, Signaling
+from .test_link_participant import U3, decoded, join_link_offering, link_peer
 
 pytestmark = pytest.mark.media
 
@@ -90,15 +90,6 @@ async def join(sig: Signaling, peer: Peer, metadata: Mapping[str, str]) -> None:
     await peer.accept(negotiated.sdp)
 
 
-def decoded(record: Received | None, rgb: tuple[int, int, int] | None, tone: float | None) -> bool:
-    if record is None or record.frames < 10:
-        return False
-    if rgb is not None:
-        return record.colour_close_to(rgb)
-    assert tone is not None
-    return len(record.audio) >= 50 and abs(record.dominant_frequency() - tone) < 30
-
-
 def decodes_user(
     conference: Conference, peer: Peer, owner: Mapping[str, str], rgb: tuple[int, int, int], tone: float
 ) -> bool:
@@ -120,6 +111,18 @@ def link_tracks(conference: Conference) -> list[tuple[str, str]]:
         for t in conference.published_tracks()
         if t.participant_id == LINK
     )
+
+
+async def two_on_each_side(pair: Pair) -> tuple[Peer, Peer, Peer, Peer]:
+    """alice and amy publish on A, bob and bea on B (colour + tone each), then the relays link."""
+    alice, amy = Peer("alice", RED, 440.0), Peer("amy", GREEN, 700.0)
+    bob, bea = Peer("bob", BLUE, 1000.0), Peer("bea", YELLOW, 1500.0)
+    await join(pair.sig_a, alice, ALICE)
+    await join(pair.sig_a, amy, AMY)
+    await join(pair.sig_b, bob, BOB)
+    await join(pair.sig_b, bea, BEA)
+    await pair.shuttle.connect()
+    return alice, amy, bob, bea
 
 
 async def test_link_carries_publisher_once_for_any_number_of_far_subscribers(pair: Pair) -> None:
@@ -171,13 +174,7 @@ async def test_link_carries_publisher_once_for_any_number_of_far_subscribers(pai
 async def test_publishers_on_both_sides_reach_everyone(pair: Pair) -> None:
     """(b) 2 publishers on each side: everyone decodes everyone; B's publishers reach A through
     extra sections A offers on request (request_offer)."""
-    alice, amy = Peer("alice", RED, 440.0), Peer("amy", GREEN, 700.0)
-    bob, bea = Peer("bob", BLUE, 1000.0), Peer("bea", YELLOW, 1500.0)
-    await join(pair.sig_a, alice, ALICE)
-    await join(pair.sig_a, amy, AMY)
-    await join(pair.sig_b, bob, BOB)
-    await join(pair.sig_b, bea, BEA)
-    await pair.shuttle.connect()
+    alice, amy, bob, bea = await two_on_each_side(pair)
 
     expect = {
         "alice": (ALICE, RED, 440.0),
@@ -268,13 +265,7 @@ async def test_local_media_survives_the_link_closing(pair: Pair) -> None:
     forwarding their video. (Decoded video is not asserted: with a single relay and no link, two
     publishers leaving at once sometimes stalls the remaining aiortc subscribers' video decoding
     after the renegotiation; a pre-existing problem, reported separately.)"""
-    alice, amy = Peer("alice", RED, 440.0), Peer("amy", GREEN, 700.0)
-    bob, bea = Peer("bob", BLUE, 1000.0), Peer("bea", YELLOW, 1500.0)
-    await join(pair.sig_a, alice, ALICE)
-    await join(pair.sig_a, amy, AMY)
-    await join(pair.sig_b, bob, BOB)
-    await join(pair.sig_b, bea, BEA)
-    await pair.shuttle.connect()
+    alice, amy, bob, bea = await two_on_each_side(pair)
     await pair.sig_a.wait_for(
         lambda: (
             decodes_user(pair.a, alice, BOB, BLUE, 1000.0) and decodes_user(pair.b, bob, ALICE, RED, 440.0)

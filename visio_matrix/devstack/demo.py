@@ -55,6 +55,17 @@ def _port(preferred: int) -> int:
     return preferred
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 15 s (a service stops its calls and tells its peers first)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 async def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
@@ -120,13 +131,8 @@ async def demo_stack(state: Path) -> AsyncIterator[DemoStack]:
         await _wait_http(service_url + "/health/ready", 60, proc, service_log)
         yield DemoStack(hs, proc, service_url, config_path, f"@visio:{server_name}", state)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc)
         await hs.stop()
 
 

@@ -29,23 +29,13 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from visio_matrix.devstack.call_check import CHECK_TIMEOUT_S, CallResult, run_call_within
-from visio_matrix.devstack.demo import _password_for, _wait_http
+from visio_matrix.devstack.demo import _password_for, _wait_http, stop_process
 from visio_matrix.devstack.federation import Ministry, shared_room, start_ministries, stop_ministries
 from visio_matrix.devstack.user import MatrixUser
 
 NAMES = ("A", "B")
 # Two users per ministry: (ministry, localpart, display name).
 DEMO_USERS = (("A", "alice", "Alice"), ("A", "bob", "Bob"), ("B", "carol", "Carol"), ("B", "dave", "Dave"))
-
-
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -69,7 +59,7 @@ async def running_services(ministries: Sequence[Ministry]) -> AsyncIterator[None
         yield
     finally:
         for proc in procs:
-            _stop_process(proc)
+            stop_process(proc)
 
 
 async def login_users(ministries: dict[str, Ministry], state: Path) -> dict[str, MatrixUser]:
